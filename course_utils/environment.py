@@ -1,0 +1,90 @@
+"""Device, seeding, Colab detection and the hardware *profile* that sizes experiments."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+from .errors import CourseError
+
+
+def get_device() -> torch.device:
+    """Return the device to train on: CUDA, then Apple MPS, then the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and PyTorch (all devices) so runs repeat."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def in_colab() -> bool:
+    """Return True when running inside Google Colab."""
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """How big every experiment is on this hardware.
+
+    Notebooks ask the profile for sizes instead of hard-coding them, so one notebook
+    runs in seconds in CI (``smoke``), in minutes on a laptop CPU (``laptop``) and at
+    full size on a GPU (``gpu``).
+    """
+
+    name: str
+    train_images: int | None  # None = the whole split
+    test_images: int | None
+    epochs: int
+    batch_size: int
+    sweep_epochs: int  # epochs for each run of a sweep (many models in one notebook)
+    compile: bool  # torch.compile pays off only on long GPU runs
+    description: str
+
+    def take(self, n_available: int, which: str = "train") -> int:
+        """Return how many images of a split of ``n_available`` this profile uses."""
+        limit = self.train_images if which == "train" else self.test_images
+        return n_available if limit is None else min(limit, n_available)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile("smoke", 1024, 512, 1, 128, 1, False,
+                     "CI regression run: seconds per experiment, numbers are not meaningful"),
+    "laptop": Profile("laptop", 12_000, 2_000, 4, 128, 2, False,
+                      "2-core CPU: each notebook in at most 5 minutes"),
+    "gpu": Profile("gpu", None, None, 30, 256, 15, True,
+                   "one CUDA GPU: full splits, full-length training"),
+}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """Return the experiment profile: ``name``, else $COURSE_PROFILE, else by hardware."""
+    name = name or os.environ.get("COURSE_PROFILE") or ("gpu" if torch.cuda.is_available() else "laptop")
+    key = name.strip().lower()
+    if key not in PROFILES:
+        raise CourseError(
+            f"Unknown profile {name!r}. Known profiles: {', '.join(PROFILES)}. "
+            "Set COURSE_PROFILE to one of them (or unset it to pick by hardware)."
+        )
+    return PROFILES[key]
+
+
+def describe_setup(profile: Profile | None = None, device: torch.device | None = None) -> str:
+    """Return one line naming the profile, device and torch version, for a notebook's log."""
+    profile = profile or get_profile()
+    device = device or get_device()
+    where = device.type
+    if device.type == "cuda":
+        where += f" ({torch.cuda.get_device_name(device)})"
+    return (f"profile={profile.name} ({profile.description}); device={where}; "
+            f"torch {torch.__version__}; {torch.get_num_threads()} CPU threads")

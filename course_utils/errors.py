@@ -1,0 +1,21 @@
+"""The one exception type the course raises for mistakes a learner can fix."""
+
+
+class CourseError(Exception):
+    """A learner-fixable problem; the message says what went wrong and how to fix it."""
+
+
+class DataNotFoundError(CourseError, FileNotFoundError):
+    """No local copy of a dataset could be found and none could be downloaded."""
+
+
+class CorruptPackError(CourseError):
+    """A dataset pack on disk is truncated, corrupt or has the wrong layout."""
+
+
+class CheckpointError(CourseError):
+    """A checkpoint is missing or does not fit the model it is loaded into."""
+
+
+class TrainingDivergedError(CourseError, FloatingPointError):
+    """The training loss became NaN or infinite."""

@@ -1,0 +1,327 @@
+"""Encoders, decoders, bottlenecks, a configurable autoencoder, and replicas of four tutorials' models."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .errors import CourseError
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "elu": nn.ELU,
+               "leaky_relu": lambda: nn.LeakyReLU(0.2), "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+
+
+def make_activation(name: str | None) -> nn.Module:
+    """Return a fresh activation module by name (None gives the identity)."""
+    if name is None or name == "none":
+        return nn.Identity()
+    if name not in ACTIVATIONS:
+        raise CourseError(f"Unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)} or None.")
+    return ACTIVATIONS[name]()
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Return the number of parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _check_positive(what: str, values: Sequence[int] | int) -> None:
+    for v in ([values] if isinstance(values, int) else values):
+        if not isinstance(v, int) or v <= 0:
+            raise CourseError(f"{what} must be positive whole numbers, got {values!r}.")
+
+
+def transposed_padding(kernel_size: int, stride: int = 2) -> tuple[int, int]:
+    """Return (padding, output_padding) that make ConvTranspose2d grow H exactly ``stride`` times."""
+    padding = max((kernel_size - stride + 1) // 2, 0)
+    output_padding = stride - kernel_size + 2 * padding
+    if not 0 <= output_padding < stride:
+        raise CourseError(f"No padding makes a {kernel_size}x{kernel_size} stride-{stride} transposed "
+                          "convolution scale by exactly the stride; use kernel_size >= stride.")
+    return padding, output_padding
+
+
+def conv_transpose_output_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                               output_padding: int = 0, dilation: int = 1) -> int:
+    """Return ConvTranspose2d's output size: (H-1)*s - 2p + d*(k-1) + op + 1."""
+    return (size - 1) * stride - 2 * padding + dilation * (kernel_size - 1) + output_padding + 1
+
+
+def conv_output_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
+    """Return Conv2d's (or MaxPool2d's) output size: floor((H + 2p - d*(k-1) - 1) / s) + 1."""
+    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+
+
+# --------------------------------------------------------------------------- building blocks
+class ConvEncoder(nn.Sequential):
+    """Halve the resolution once per stage, by max-pooling or by a stride-2 convolution."""
+
+    def __init__(self, in_channels: int, widths: Sequence[int] = (32, 64, 128), downsample: str = "stride",
+                 activation: str = "relu", convs_per_stage: int = 1, batch_norm: bool = False):
+        _check_positive("Encoder widths", list(widths))
+        if downsample not in ("pool", "stride"):
+            raise CourseError(f"downsample must be 'pool' or 'stride', got {downsample!r}.")
+        layers: list[nn.Module] = []
+        c = in_channels
+        for w in widths:
+            for i in range(convs_per_stage):
+                stride = 2 if (downsample == "stride" and i == 0) else 1
+                # H x W => H/2 x W/2 when stride is 2, else H x W => H x W
+                layers += [nn.Conv2d(c, w, 3, stride=stride, padding=1, bias=not batch_norm)]
+                layers += [nn.BatchNorm2d(w)] if batch_norm else []
+                layers += [make_activation(activation)]
+                c = w
+            if downsample == "pool":
+                layers.append(nn.MaxPool2d(2))  # H x W => H/2 x W/2, keeps the largest of each 2x2
+        super().__init__(*layers)
+        self.out_channels, self.total_stride = c, 2 ** len(widths)
+
+
+class ConvDecoder(nn.Sequential):
+    """Double the resolution once per stage, by transposed convolution or resize-then-convolve."""
+
+    def __init__(self, out_channels: int, widths: Sequence[int] = (128, 64, 32), upsample: str = "transposed",
+                 kernel_size: int = 4, activation: str = "relu", convs_per_stage: int = 1,
+                 batch_norm: bool = False, output_activation: str | None = "sigmoid"):
+        _check_positive("Decoder widths", list(widths))
+        if upsample not in ("transposed", "nearest", "bilinear"):
+            raise CourseError(f"upsample must be 'transposed', 'nearest' or 'bilinear', got {upsample!r}.")
+        layers: list[nn.Module] = []
+        c = widths[0]
+        for stage in range(len(widths)):
+            w = widths[min(stage + 1, len(widths) - 1)]
+            if upsample == "transposed":
+                p, op = transposed_padding(kernel_size, 2)
+                # H x W => 2H x 2W: each input pixel stamps a k x k kernel, stride 2 apart
+                layers += [nn.ConvTranspose2d(c, w, kernel_size, stride=2, padding=p, output_padding=op,
+                                              bias=not batch_norm)]
+            else:
+                layers += [nn.Upsample(scale_factor=2, mode=upsample),  # H x W => 2H x 2W, no parameters
+                           nn.Conv2d(c, w, 3, padding=1, bias=not batch_norm)]  # 2H x 2W => 2H x 2W
+            layers += [nn.BatchNorm2d(w)] if batch_norm else []
+            layers += [make_activation(activation)]
+            for _ in range(convs_per_stage - 1):
+                layers += [nn.Conv2d(w, w, 3, padding=1, bias=not batch_norm)]  # 2H x 2W => 2H x 2W
+                layers += [nn.BatchNorm2d(w)] if batch_norm else []
+                layers += [make_activation(activation)]
+            c = w
+        layers += [nn.Conv2d(c, out_channels, 3, padding=1),  # features => image channels, same size
+                   make_activation(output_activation)]
+        super().__init__(*layers)
+
+
+class FlatBottleneck(nn.Module):
+    """Squeeze a (C, h, w) feature map into a flat code vector with Linear layers, and back."""
+
+    def __init__(self, channels: int, height: int, width: int, latent: int, activation: str = "relu"):
+        super().__init__()
+        _check_positive("latent", latent)
+        n = channels * height * width
+        self.encode = nn.Sequential(nn.Flatten(), nn.Linear(n, latent))  # C x h x w => latent
+        self.decode = nn.Sequential(nn.Linear(latent, n), make_activation(activation),  # latent => C*h*w
+                                    nn.Unflatten(1, (channels, height, width)))  # => C x h x w
+        self.code_size = latent
+
+
+class SpatialBottleneck(nn.Module):
+    """Keep the code as a small map: a 1x1 convolution to ``latent_channels`` channels, and back."""
+
+    def __init__(self, channels: int, height: int, width: int, latent_channels: int, activation: str = "relu"):
+        super().__init__()
+        _check_positive("latent_channels", latent_channels)
+        self.encode = nn.Conv2d(channels, latent_channels, 1)  # C x h x w => L x h x w
+        self.decode = nn.Sequential(nn.Conv2d(latent_channels, channels, 1), make_activation(activation))
+        self.code_size = latent_channels * height * width
+
+
+class ConvAutoencoder(nn.Module):
+    """Encoder, bottleneck and mirrored decoder, each chosen by argument."""
+
+    def __init__(self, image_size: int = 32, in_channels: int = 3, widths: Sequence[int] = (32, 64, 128),
+                 latent: int = 128, bottleneck: str = "flat", downsample: str = "stride",
+                 upsample: str = "transposed", kernel_size: int = 4, activation: str = "relu",
+                 convs_per_stage: int = 1, batch_norm: bool = False, output_activation: str | None = "sigmoid"):
+        super().__init__()
+        _check_positive("widths", list(widths))
+        _check_positive("latent", latent)
+        _check_positive("image_size", image_size)
+        stride = 2 ** len(widths)
+        if image_size % stride:
+            good = max(stride, round(image_size / stride) * stride)
+            raise CourseError(
+                f"Image size {image_size} is not divisible by the encoder's total stride {stride} "
+                f"({len(widths)} downsampling stages). Use an image size that is a multiple of {stride} "
+                f"(e.g. {good}, via load_dataset(..., image_size={good})) or fewer stages.")
+        if bottleneck not in ("flat", "spatial"):
+            raise CourseError(f"bottleneck must be 'flat' or 'spatial', got {bottleneck!r}.")
+        self.image_size, self.in_channels = image_size, in_channels
+        self.encoder = ConvEncoder(in_channels, widths, downsample, activation, convs_per_stage, batch_norm)
+        side = image_size // stride
+        neck = FlatBottleneck if bottleneck == "flat" else SpatialBottleneck
+        self.bottleneck = neck(widths[-1], side, side, latent, activation)
+        self.decoder = ConvDecoder(in_channels, list(reversed(widths)), upsample, kernel_size, activation,
+                                   convs_per_stage, batch_norm, output_activation)
+        self.code_size = self.bottleneck.code_size
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the code of a batch of images."""
+        if x.shape[1:] != (self.in_channels, self.image_size, self.image_size):
+            raise CourseError(
+                f"This autoencoder takes images of {self.in_channels}x{self.image_size}x{self.image_size}, "
+                f"got a batch of {tuple(x.shape)}. Resize with load_dataset(..., image_size="
+                f"{self.image_size}) or build the model with image_size={x.shape[-1]}.")
+        return self.bottleneck.encode(self.encoder(x))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Return images reconstructed from codes."""
+        return self.decoder(self.bottleneck.decode(z))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+# --------------------------------------------------------------------------- recommended recipe
+RECOMMENDED_TRAINING = {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "schedule": "onecycle",
+                        "batch_size": 128}
+
+
+def recommended_autoencoder(image_shape: Sequence[int] = (3, 32, 32), latent: int = 256,
+                            bottleneck: str = "flat") -> ConvAutoencoder:
+    """Return the course's recommended autoencoder for images of ``image_shape`` (C, H, W)."""
+    channels, size = int(image_shape[0]), int(image_shape[-1])
+    widths = (64, 128, 256) if size % 8 == 0 and size >= 32 else (64, 128)
+    return ConvAutoencoder(size, channels, widths, latent, bottleneck, downsample="stride",
+                           upsample="transposed", kernel_size=4, activation="gelu", convs_per_stage=2,
+                           output_activation="sigmoid")
+
+
+# --------------------------------------------------------------------------- seed tutorials
+class GeeksforGeeksAutoencoder(nn.Module):
+    """GeeksforGeeks, "Implement Convolutional Autoencoder in PyTorch with CUDA" (Flowers102 at 64x64)."""
+
+    source = "GeeksforGeeks: Implement Convolutional Autoencoder in PyTorch with CUDA"
+    value_range = (0.0, 1.0)
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),  # 3x64x64 => 16x64x64
+            nn.MaxPool2d(2),  # 16x64x64 => 16x32x32
+            nn.Conv2d(16, 8, 3, padding=1), nn.ReLU(),  # 16x32x32 => 8x32x32
+            nn.MaxPool2d(2),  # 8x32x32 => 8x16x16 (the code: 2,048 values)
+        )
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(8, 16, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),  # => 16x32x32
+            nn.ConvTranspose2d(16, 3, 3, stride=2, padding=1, output_padding=1), nn.Sigmoid(),  # => 3x64x64
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+class PaperspaceAutoencoder(nn.Module):
+    """Paperspace blog, "Convolutional Autoencoders" (CIFAR-10 in [-1, 1], latent 200 or 1000)."""
+
+    source = "Paperspace blog: Convolutional Autoencoders"
+    value_range = (-1.0, 1.0)
+
+    def __init__(self, latent: int = 200, channels: int = 16):
+        super().__init__()
+        _check_positive("latent", latent)
+        c = channels
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, c, 3, padding=1), nn.ReLU(),  # 3x32x32 => 16x32x32
+            nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),  # 16x32x32 => 16x32x32
+            nn.Conv2d(c, 2 * c, 3, padding=1, stride=2), nn.ReLU(),  # 16x32x32 => 32x16x16
+            nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.ReLU(),  # 32x16x16 => 32x16x16
+            nn.Conv2d(2 * c, 4 * c, 3, padding=1, stride=2), nn.ReLU(),  # 32x16x16 => 64x8x8
+            nn.Conv2d(4 * c, 4 * c, 3, padding=1), nn.ReLU(),  # 64x8x8 => 64x8x8
+            nn.Flatten(),  # 64x8x8 => 4096
+            nn.Linear(4 * c * 8 * 8, latent), nn.ReLU(),  # 4096 => latent
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(latent, 4 * c * 8 * 8), nn.ReLU(),  # latent => 4096
+            nn.Unflatten(1, (4 * c, 8, 8)),  # 4096 => 64x8x8
+            nn.ConvTranspose2d(4 * c, 4 * c, 3, padding=1), nn.ReLU(),  # 64x8x8 => 64x8x8
+            nn.ConvTranspose2d(4 * c, 2 * c, 3, padding=1, stride=2, output_padding=1), nn.ReLU(),  # => 32x16x16
+            nn.ConvTranspose2d(2 * c, 2 * c, 3, padding=1), nn.ReLU(),  # 32x16x16 => 32x16x16
+            nn.ConvTranspose2d(2 * c, c, 3, padding=1, stride=2, output_padding=1), nn.ReLU(),  # => 16x32x32
+            nn.ConvTranspose2d(c, c, 3, padding=1), nn.ReLU(),  # 16x32x32 => 16x32x32
+            nn.ConvTranspose2d(c, 3, 3, padding=1),  # 16x32x32 => 3x32x32, no output activation
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+class KapilshAutoencoder(nn.Module):
+    """kapilsh, "Convolutional Autoencoders" (Fashion-MNIST, a 4x7x7 = 196-value code)."""
+
+    source = "kapilsh: Convolutional Autoencoders"
+    value_range = (0.0, 1.0)
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),  # 1x28x28 => 16x28x28 (no activation, as published)
+            nn.MaxPool2d(2),  # 16x28x28 => 16x14x14
+            nn.Conv2d(16, 4, 3, padding=1),  # 16x14x14 => 4x14x14
+            nn.MaxPool2d(2),  # 4x14x14 => 4x7x7
+        )
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(4, 16, 2, stride=2), nn.ReLU(),  # 4x7x7 => 16x14x14
+            nn.ConvTranspose2d(16, 1, 2, stride=2), nn.Sigmoid(),  # 16x14x14 => 1x28x28
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+class AnothertechsAutoencoder(nn.Module):
+    """anothertechs, "AutoEncoder Neural Network in PyTorch" (STL10 resized to 32x32; 263M parameters)."""
+
+    source = "anothertechs: AutoEncoder Neural Network in PyTorch"
+    value_range = (0.0, 1.0)
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, 16, 5, padding=2), nn.ReLU(), nn.BatchNorm2d(16),  # 3x32x32 => 16x32x32
+            nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.BatchNorm2d(32),  # => 32x32x32
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.BatchNorm2d(64),  # => 64x32x32
+            nn.Conv2d(64, 128, 5, padding=2), nn.ReLU(), nn.BatchNorm2d(128),  # => 128x32x32
+            nn.Flatten(),  # 128x32x32 => 131,072
+            nn.Linear(32 * 32 * 128, 1000), nn.ReLU(),  # 131,072 => 1000 (131M weights)
+            nn.Linear(1000, 100),  # 1000 => 100, the code
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(100, 1000), nn.ReLU(),  # 100 => 1000
+            nn.Linear(1000, 32 * 32 * 128), nn.ReLU(),  # 1000 => 131,072
+            nn.Unflatten(1, (128, 32, 32)),  # => 128x32x32
+            nn.ConvTranspose2d(128, 64, 5, padding=2), nn.ReLU(), nn.BatchNorm2d(64),  # => 64x32x32
+            nn.ConvTranspose2d(64, 32, 5, padding=2), nn.ReLU(), nn.BatchNorm2d(32),  # => 32x32x32
+            nn.ConvTranspose2d(32, 16, 5, padding=2), nn.ReLU(), nn.BatchNorm2d(16),  # => 16x32x32
+            nn.ConvTranspose2d(16, 3, 5, padding=2), nn.Sigmoid(),  # => 3x32x32
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+SEED_MODELS = {"geeksforgeeks": GeeksforGeeksAutoencoder, "paperspace": PaperspaceAutoencoder,
+               "kapilsh": KapilshAutoencoder, "anothertechs": AnothertechsAutoencoder}
+
+
+def flops_per_image(model: nn.Module, image_shape: Sequence[int], backward: bool = True) -> int:
+    """Return the FLOPs of one training step per image (forward, plus backward when asked)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    x = torch.zeros(2, *image_shape)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = model(x)
+        if backward:
+            out.float().pow(2).mean().backward()
+    model.zero_grad(set_to_none=True)
+    return math.ceil(counter.get_total_flops() / 2)
