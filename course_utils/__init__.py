@@ -18,3 +18,5 @@ from .plots import plot_comparison, plot_losses, results_table, show_feature_map
 from .training import History, check_model_fits, fit, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
+from .experiments import Comparison, compare_models
+from .inspect import layer_table, receptive_field

@@ -1,0 +1,87 @@
+"""Look inside a network: per-layer output shapes, parameters, FLOPs and receptive fields."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+LEAVES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.MaxPool2d, nn.AvgPool2d, nn.Upsample,
+          nn.BatchNorm2d, nn.Flatten, nn.Unflatten, nn.AdaptiveAvgPool2d)
+
+
+def _pair(v) -> int:
+    return v[0] if isinstance(v, (tuple, list)) else int(v)
+
+
+def _flops(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
+    """Return multiply-add FLOPs (2 per MAC) of one forward pass of ``module`` for one image."""
+    if isinstance(module, nn.Conv2d):
+        k = _pair(module.kernel_size) * _pair(module.kernel_size[1:] or module.kernel_size)
+        return 2 * module.in_channels // module.groups * k * out[0].numel()
+    if isinstance(module, nn.ConvTranspose2d):
+        k = _pair(module.kernel_size) * _pair(module.kernel_size[1:] or module.kernel_size)
+        return 2 * module.out_channels // module.groups * k * inp[0].numel()
+    if isinstance(module, nn.Linear):
+        return 2 * module.in_features * module.out_features
+    return 0
+
+
+def layer_table(model: nn.Module, input_shape: Sequence[int], receptive_field: bool = True):
+    """Return a DataFrame with one row per layer: output shape, parameters, FLOPs, receptive field.
+
+    The receptive field (in input pixels) and the jump (input pixels between neighbouring
+    outputs) are tracked through convolutions and pools until the first Flatten or upsampling.
+    """
+    import pandas as pd
+
+    rows, hooks = [], []
+    state = {"rf": 1, "jump": 1, "tracking": True}
+
+    def hook(name):
+        def record(module, inputs, output):
+            x = inputs[0]
+            if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)) and state["tracking"]:
+                k, s = _pair(module.kernel_size), _pair(module.stride)
+                d = _pair(getattr(module, "dilation", 1))
+                state["rf"] += (k - 1) * d * state["jump"]
+                state["jump"] *= s
+            elif isinstance(module, (nn.Flatten, nn.ConvTranspose2d, nn.Upsample, nn.Linear)):
+                state["tracking"] = False
+            rows.append({
+                "layer": name, "type": type(module).__name__,
+                "output shape": "x".join(map(str, output.shape[1:])),
+                "parameters": sum(p.numel() for p in module.parameters(recurse=False)),
+                "MFLOPs": _flops(module, x, output) / 1e6,
+                **({"receptive field": state["rf"] if state["tracking"] else None,
+                    "jump": state["jump"] if state["tracking"] else None} if receptive_field else {}),
+            })
+        return record
+
+    for name, module in model.named_modules():
+        if isinstance(module, LEAVES) or (len(list(module.children())) == 0 and name):
+            hooks.append(module.register_forward_hook(hook(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    frame = pd.DataFrame(rows)
+    if receptive_field:
+        frame["receptive field"] = frame["receptive field"].astype("Int64")
+        frame["jump"] = frame["jump"].astype("Int64")
+    return frame
+
+
+def receptive_field(layers: Sequence[tuple[int, int]]) -> list[int]:
+    """Return the receptive field after each (kernel_size, stride) layer of a plain conv/pool stack."""
+    rf, jump, out = 1, 1, []
+    for k, s in layers:
+        rf += (k - 1) * jump
+        jump *= s
+        out.append(rf)
+    return out
