@@ -93,6 +93,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer=None, schedule
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed mid-save
+        stale.unlink(missing_ok=True)
     return path
 
 

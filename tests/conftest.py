@@ -1,0 +1,58 @@
+"""Shared fixtures: real data (Fashion-MNIST from Debian's package, CIFAR-10 packs) and isolated data roots."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+import course_utils as cu  # noqa: E402
+from course_utils import data as data_module  # noqa: E402
+
+FASHION_DIR = data_module.SYSTEM_FASHION_MNIST_DIR
+SHARED = os.environ.get("COURSE_DATA_DIR")
+
+
+def _cifar_pack_dir() -> Path | None:
+    for candidate in (SHARED, str(Path(__file__).resolve().parents[2] / "shared" / "datasets")):
+        if candidate and (Path(candidate) / "cifar10" / "test.npz").is_file():
+            return Path(candidate)
+    return None
+
+
+CIFAR_DIR = _cifar_pack_dir()
+needs_fashion = pytest.mark.skipif(not (FASHION_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+                                   reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
+needs_cifar = pytest.mark.skipif(CIFAR_DIR is None, reason="no CIFAR-10 pack (set COURSE_DATA_DIR)")
+
+
+@pytest.fixture
+def isolated_root(tmp_path, monkeypatch):
+    """Point the data root and the user cache at empty temporary folders."""
+    root = tmp_path / "data"
+    root.mkdir()
+    monkeypatch.setenv("COURSE_DATA_DIR", str(root))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def fashion_test() -> cu.ImageData:
+    """Return the real Fashion-MNIST test split (10,000 images), read from Debian's package."""
+    if not (FASHION_DIR / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    images, labels, classes = data_module._from_system_copy("fashion-mnist", "test")
+    return cu.ImageData(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels),
+                        classes, "fashion-mnist", "test")
+
+
+@pytest.fixture(scope="session")
+def cifar_test() -> cu.ImageData:
+    """Return the real CIFAR-10 test split from the shared pack."""
+    if CIFAR_DIR is None:
+        pytest.skip("no CIFAR-10 pack")
+    return cu.read_pack(CIFAR_DIR / "cifar10" / "test.npz")
