@@ -81,7 +81,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer=None, schedule
         "scheduler": scheduler.state_dict() if scheduler else None,
         "scaler": scaler.state_dict() if scaler else None,
         "epoch": epoch, "batch": batch, "step": step, "rng": _rng_state(),
-        "config": dict(config or {}), "history": (history or History()).state(),
+        "config": dict(config or {}), "history": (history if history is not None else History()).state(),
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -320,8 +320,8 @@ def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: Image
                     bar.set_postfix(epoch=epoch + 1, loss=f"{float(chunk.mean()):.4g}", img_s=f"{rate:,.0f}")
                 if due_ckpt and b + 1 < n_batches:
                     save_checkpoint(checkpoint, model, opt, sched, scaler, epoch, b + 1, step, config, history)
-                if stop_after_steps is not None and step >= stop_after_steps:
-                    return history
+                if stop_after_steps is not None and step >= stop_after_steps and b + 1 < n_batches:
+                    return history  # (at an epoch's last batch, finish the epoch's record and save first)
             seconds = time.perf_counter() - t0
             epoch_losses = history.step_losses[epoch_first_step:]
             record = {"epoch": epoch + 1, "train_loss": float(np.mean(epoch_losses)), "seconds": seconds,
@@ -333,6 +333,8 @@ def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: Image
             history.records.append(record)
             if checkpoint is not None:
                 save_checkpoint(checkpoint, model, opt, sched, scaler, epoch + 1, 0, step, config, history)
+            if stop_after_steps is not None and step >= stop_after_steps:
+                return history
     finally:
         bar.close()
     return history

@@ -1,0 +1,136 @@
+"""fit: it learns, it is reproducible, it saves atomically and resumes exactly where it stopped."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import course_utils as cu
+
+
+def small_model() -> cu.ConvAutoencoder:
+    torch.manual_seed(0)
+    return cu.ConvAutoencoder(28, 1, (16, 32), latent=32)
+
+
+@pytest.fixture(scope="module")
+def train_part(fashion_test):
+    return fashion_test.subset(2048, seed=1)
+
+
+def test_fit_lowers_the_loss_on_real_images(train_part, fashion_test):
+    held_out = cu.ImageData(fashion_test.images[-500:], fashion_test.labels[-500:], fashion_test.classes)
+    model = small_model()
+    before = cu.evaluate(model, held_out)["mse"]
+    history = cu.fit(model, train_part, held_out, epochs=3, batch_size=64, lr=3e-3, progress=False)
+    after = cu.evaluate(model, held_out)
+    assert len(history) == 3 and history["epoch"] == [1, 2, 3]
+    assert history["train_loss"][-1] < 0.5 * history["train_loss"][0]
+    assert after["mse"] < 0.5 * before and after["psnr"] > 12 and 0 < after["ssim"] <= 1
+    assert history.last["val_mse"] == pytest.approx(after["mse"], rel=1e-4)
+    assert history.last["images_per_second"] > 0 and len(history.step_losses) == 3 * 32
+    assert list(history.frame().columns[:3]) == ["epoch", "train_loss", "seconds"]
+
+
+def test_same_seed_gives_an_identical_loss_history(train_part):
+    runs = [cu.fit(small_model(), train_part, epochs=2, batch_size=128, seed=5, progress=False) for _ in range(2)]
+    assert runs[0].step_losses == runs[1].step_losses
+    other = cu.fit(small_model(), train_part, epochs=2, batch_size=128, seed=6, progress=False)
+    assert other.step_losses != runs[0].step_losses  # the seed really drives the batch order
+
+
+def test_fit_accepts_a_standard_dataloader(train_part):
+    loader = torch.utils.data.DataLoader(cu.ImageDataset(train_part), batch_size=128, shuffle=True)
+    history = cu.fit(small_model(), loader, epochs=2, progress=False)
+    assert history["train_loss"][1] < history["train_loss"][0]
+
+
+def test_paperspace_replica_trains_in_minus_one_to_one(cifar_test):
+    model = cu.PaperspaceAutoencoder()
+    part = cifar_test.subset(512)
+    history = cu.fit(model, part, epochs=2, batch_size=64, lr=1e-3, progress=False)
+    assert history.records[0]["train_loss"] > history.records[1]["train_loss"]
+    recon = cu.reconstruct(model, part.images[:8])
+    assert recon.shape == (8, 3, 32, 32) and recon.min() >= 0 and recon.max() <= 1
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path, train_part):
+    model = small_model()
+    cu.fit(model, train_part, epochs=1, batch_size=256, checkpoint=tmp_path / "run.pt", progress=False)
+    payload = torch.load(tmp_path / "run.pt", weights_only=True)
+    assert payload["format"] == 1 and payload["epoch"] == 1 and payload["step"] == 8
+    assert set(payload) >= {"model", "optimizer", "scheduler", "rng", "config", "history"}
+    assert payload["config"]["batch_size"] == 256
+    fresh = small_model()
+    for p in fresh.parameters():
+        p.data.zero_()
+    cu.load_checkpoint(tmp_path / "run.pt", fresh)
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("stop_after", [5, 16, 21])  # mid-epoch, at an epoch boundary, mid-epoch later
+def test_resume_continues_from_the_same_step(tmp_path, train_part, stop_after):
+    reference = cu.fit(small_model(), train_part, epochs=3, batch_size=256, seed=3, progress=False)
+    ckpt = tmp_path / "run.pt"
+    cu.fit(small_model(), train_part, epochs=3, batch_size=256, seed=3, checkpoint=ckpt, checkpoint_every=1,
+           stop_after_steps=stop_after, progress=False)
+    assert torch.load(ckpt, weights_only=True)["step"] == stop_after
+    resumed = cu.fit(small_model(), train_part, epochs=3, batch_size=256, seed=3, checkpoint=ckpt,
+                     checkpoint_every=1, resume=True, progress=False)
+    assert resumed.step_losses == reference.step_losses  # exact: same order, same states
+    assert resumed["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-6)
+
+
+def test_stale_temporary_files_are_cleaned_up(tmp_path, train_part):
+    (tmp_path / ".run.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    cu.fit(small_model(), train_part.subset(512), epochs=1, batch_size=256, checkpoint=tmp_path / "run.pt",
+           progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]
+
+
+def test_profile_is_chosen_by_environment(monkeypatch):
+    monkeypatch.setenv("COURSE_PROFILE", "smoke")
+    assert cu.get_profile().name == "smoke" and cu.get_profile().train_images == 1024
+    monkeypatch.setenv("COURSE_PROFILE", "LAPTOP")
+    assert cu.get_profile().name == "laptop"
+    monkeypatch.delenv("COURSE_PROFILE")
+    assert cu.get_profile().name == ("gpu" if torch.cuda.is_available() else "laptop")
+    assert cu.get_profile("smoke").take(60_000) == 1024 and cu.get_profile("gpu").take(60_000) == 60_000
+    assert "profile=smoke" in cu.describe_setup(cu.get_profile("smoke"), torch.device("cpu"))
+
+
+def test_seed_everything_repeats_random_draws():
+    cu.seed_everything(11)
+    a = torch.rand(3), __import__("numpy").random.rand(), __import__("random").random()
+    cu.seed_everything(11)
+    b = torch.rand(3), __import__("numpy").random.rand(), __import__("random").random()
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+def test_compare_models_gives_every_contender_the_same_start(train_part, fashion_test):
+    held_out = fashion_test.subset(300, seed=9)
+    comparison = cu.compare_models({"a": lambda: cu.ConvAutoencoder(28, 1, (8, 16), 16),
+                                    "b": lambda: cu.ConvAutoencoder(28, 1, (8, 16), 16)},
+                                   train_part.subset(512), held_out, epochs=1, batch_size=128, progress=False)
+    assert comparison.results["a"]["mse"] == comparison.results["b"]["mse"]  # same seed, same model: same result
+    table = comparison.table()
+    assert list(table.index) == ["a", "b"] and {"mse", "psnr", "ssim", "parameters"} <= set(table.columns)
+
+
+def test_pca_baseline_improves_with_components(fashion_test):
+    train, test = fashion_test.subset(3000, seed=1), cu.ImageData(fashion_test.images[-500:],
+                                                                 fashion_test.labels[-500:], fashion_test.classes)
+    small, large = cu.pca_baseline(train, test, 16), cu.pca_baseline(train, test, 196)
+    assert large["mse"] < small["mse"] and large["explained_variance"] > small["explained_variance"]
+    assert large["psnr"] == pytest.approx(cu.psnr_from_mse(large["mse"]))
+    assert 0.002 < large["mse"] < 0.008  # PCA-196 on Fashion-MNIST scores about 0.004
+
+
+def test_per_image_errors_and_embeddings(train_part):
+    model = small_model()
+    errors = cu.per_image_errors(model, train_part.images[:50])
+    recon = cu.reconstruct(model, train_part.images[:50])
+    assert errors.shape == (50,)
+    assert errors.mean().item() == pytest.approx(((recon - train_part.images[:50] / 255) ** 2).mean().item(), rel=1e-5)
+    assert cu.embed_images(model, train_part.images[:50]).shape == (50, 32)
