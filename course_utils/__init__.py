@@ -8,15 +8,16 @@ from .data import (DATASETS, DeviceBatches, ImageData, ImageDataset, data_root, 
                    load_image_folder, pack_path, read_pack, resize_images, to_float, to_uint8, write_pack)
 from .environment import PROFILES, Profile, describe_setup, get_device, get_profile, in_colab, seed_everything
 from .errors import CheckpointError, CorruptPackError, CourseError, DataNotFoundError, TrainingDivergedError
-from .metrics import embed_images, evaluate, pca_baseline, per_image_errors, psnr_from_mse, reconstruct
-from .models import (SEED_MODELS, AnothertechsAutoencoder, ConvAutoencoder, ConvDecoder, ConvEncoder,
+from .metrics import accuracy, embed_images, evaluate, pca_baseline, per_image_errors, psnr_from_mse, reconstruct
+from .models import (SEED_MODELS, ConvClassifier, AnothertechsAutoencoder, ConvAutoencoder, ConvDecoder, ConvEncoder,
                      FlatBottleneck, GeeksforGeeksAutoencoder, KapilshAutoencoder, PaperspaceAutoencoder,
                      SpatialBottleneck, conv_output_size, conv_transpose_output_size, count_parameters,
                      flops_per_image, make_activation, recommended_autoencoder, transposed_padding,
                      RECOMMENDED_TRAINING)
 from .plots import plot_comparison, plot_losses, results_table, show_feature_maps, show_images, show_reconstructions
-from .training import History, check_model_fits, fit, load_checkpoint, save_checkpoint
+from .training import History, check_model_fits, fit, fit_classifier, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
 from .experiments import Comparison, compare_models
-from .inspect import layer_table, receptive_field
+from .inspect import feature_maps, layer_table, receptive_field
+from .speed import (Throughput, fit_tutorial_style, fit_with_batch_fallback, matmul_flops, measure_throughput, peak_memory_by_batch_size, speedup_table, training_flops, tutorial_transform)

@@ -85,3 +85,22 @@ def receptive_field(layers: Sequence[tuple[int, int]]) -> list[int]:
         jump *= s
         out.append(rf)
     return out
+
+
+@torch.no_grad()
+def feature_maps(model: nn.Module, images: torch.Tensor, layer_types=(nn.Conv2d,)) -> dict[str, torch.Tensor]:
+    """Return the outputs of every layer of ``layer_types`` for a batch of float images, by layer name."""
+    maps, hooks = {}, []
+    for name, module in model.named_modules():
+        if isinstance(module, layer_types):
+            hooks.append(module.register_forward_hook(
+                lambda m, i, o, name=name: maps.__setitem__(name, o.detach().cpu())))
+    was_training = model.training
+    model.eval()
+    try:
+        model(images.to(next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return maps

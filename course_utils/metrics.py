@@ -115,3 +115,16 @@ def pca_baseline(train: ImageData, test: ImageData, n_components: int, seed: int
     if return_reconstructions:
         result["reconstructions"] = recon_t
     return result
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: ImageData, batch_size: int = 1000) -> float:
+    """Return a classifier's accuracy (fraction correct) over a whole split."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    for x, y in DeviceBatches(data, min(batch_size, len(data)), device, shuffle=False, with_labels=True):
+        correct += (model(x).argmax(1) == y).sum()
+    model.train(was_training)
+    return int(correct) / len(data)

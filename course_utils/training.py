@@ -351,3 +351,41 @@ def _raise_if_diverged(chunk: torch.Tensor, epoch: int, first_batch: int, epoch_
             f"(epoch {epoch + 1}, batch {batch + 1} of {n_batches}). Lower the learning rate "
             f"(e.g. lr={lr / 10:g}), check that inputs are scaled as the model expects, or pass "
             "max_grad_norm=1.0 to clip gradients.")
+
+
+def fit_classifier(model: nn.Module, train: ImageData, test: ImageData | None = None, *, epochs: int = 1,
+                   batch_size: int = 128, lr: float = 2e-3, seed: int = 0, device: torch.device | str | None = None,
+                   progress: bool = True) -> History:
+    """Train a classifier with cross-entropy on labelled images; return per-epoch loss and accuracy."""
+    from tqdm.auto import tqdm
+    from .metrics import accuracy
+
+    device = torch.device(device) if device is not None else get_device()
+    model.to(device).train()
+    batches = DeviceBatches(train, batch_size, device, seed=seed, with_labels=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(epochs * len(batches), 2))
+    history = History()
+    with tqdm(total=epochs * len(batches), desc=type(model).__name__, disable=not progress) as bar:
+        for epoch in range(epochs):
+            losses = torch.zeros(len(batches), device=device)
+            t0 = time.perf_counter()
+            for b, (x, y) in enumerate(batches.batches(epoch)):
+                loss = nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses[b] = loss.detach()
+                bar.update(1)
+            epoch_losses = losses.cpu()
+            _raise_if_diverged(epoch_losses, epoch, 0, epoch * len(batches), len(batches), lr)
+            history.step_losses.extend(epoch_losses.tolist())
+            record = {"epoch": epoch + 1, "train_loss": float(epoch_losses.mean()),
+                      "seconds": time.perf_counter() - t0}
+            if test is not None:
+                record["test_accuracy"] = accuracy(model, test)
+                model.train()
+            history.records.append(record)
+            bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record.get('test_accuracy', 0):.3f}")
+    return history

@@ -134,3 +134,20 @@ def test_per_image_errors_and_embeddings(train_part):
     assert errors.shape == (50,)
     assert errors.mean().item() == pytest.approx(((recon - train_part.images[:50] / 255) ** 2).mean().item(), rel=1e-5)
     assert cu.embed_images(model, train_part.images[:50]).shape == (50, 32)
+
+
+def test_fit_classifier_learns_fashion_mnist(fashion_test):
+    train = fashion_test.subset(3000, seed=4)
+    test = cu.ImageData(fashion_test.images[-1000:], fashion_test.labels[-1000:], fashion_test.classes)
+    torch.manual_seed(0)
+    model = cu.ConvClassifier(1, 10, (8, 16))
+    untrained = cu.accuracy(model, test)
+    history = cu.fit_classifier(model, train, test, epochs=2, batch_size=100, lr=5e-3, progress=False)
+    assert untrained < 0.3 and history.last["test_accuracy"] > 0.6
+    assert history.last["test_accuracy"] == cu.accuracy(model, test)
+
+
+def test_feature_maps_by_layer(fashion_test):
+    model = cu.ConvClassifier(1, 10, (8, 16, 32))
+    maps = cu.feature_maps(model, fashion_test.images[:3].float() / 255)
+    assert [tuple(m.shape) for m in maps.values()] == [(3, 8, 28, 28), (3, 16, 14, 14), (3, 32, 7, 7)]
