@@ -189,11 +189,34 @@ RECOMMENDED_TRAINING = {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, 
 
 def recommended_autoencoder(image_shape: Sequence[int] = (3, 32, 32), latent: int = 256,
                             bottleneck: str = "flat") -> ConvAutoencoder:
-    """Return the course's recommended autoencoder for images of ``image_shape`` (C, H, W)."""
-    channels, size = int(image_shape[0]), int(image_shape[-1])
-    widths = (64, 128, 256) if size % 8 == 0 and size >= 32 else (64, 128)
-    return ConvAutoencoder(size, channels, widths, latent, bottleneck, downsample="stride",
-                           upsample="transposed", kernel_size=4, activation="gelu", convs_per_stage=2,
+    """Return the course's recommended autoencoder for images of ``image_shape`` (C, H, W).
+
+    ``latent`` is the code size (values per image). With ``bottleneck="spatial"`` the code is a
+    small map of ``latent / (h * w)`` channels, so ``latent`` must be a multiple of the final
+    map's area (7 x 7 = 49 for 28x28 images: 196 gives a 4x7x7 code; 4 x 4 = 16 for 32x32).
+    Train it with ``fit(model, train, epochs=..., **RECOMMENDED_TRAINING)``; the reasoning and
+    measurements are in benchmarks/README.md ("Reconstruction quality").
+    """
+    if len(image_shape) != 3:
+        raise CourseError(f"image_shape must be (channels, height, width), got {tuple(image_shape)}.")
+    channels, height, size = (int(v) for v in image_shape)
+    if height != size:
+        raise CourseError(f"The recommended autoencoder takes square images, got {height}x{size}.")
+    stages = 3 if size % 8 == 0 else 2 if size % 4 == 0 else 0
+    if stages == 0:
+        raise CourseError(f"Image size {size} is not divisible by 4: resize to a multiple of 4 or 8 "
+                          "(load_dataset(..., image_size=32)).")
+    widths = (32, 64, 128)[:stages]
+    code_channels = latent
+    if bottleneck == "spatial":
+        side = size // 2 ** stages
+        if latent % (side * side):
+            raise CourseError(f"With a spatial bottleneck the code is channels x {side} x {side}, so latent "
+                              f"must be a multiple of {side * side} (e.g. {4 * side * side} = 4x{side}x{side}), "
+                              f"got {latent}.")
+        code_channels = latent // (side * side)
+    return ConvAutoencoder(size, channels, widths, code_channels, bottleneck, downsample="stride",
+                           upsample="transposed", kernel_size=4, activation="relu", convs_per_stage=1,
                            output_activation="sigmoid")
 
 
@@ -325,3 +348,25 @@ def flops_per_image(model: nn.Module, image_shape: Sequence[int], backward: bool
             out.float().pow(2).mean().backward()
     model.zero_grad(set_to_none=True)
     return math.ceil(counter.get_total_flops() / 2)
+
+
+class ConvClassifier(nn.Module):
+    """A small convnet classifier: conv-ReLU-pool stages, then one Linear layer on the flat features."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, widths: Sequence[int] = (16, 32),
+                 image_size: int = 28):
+        super().__init__()
+        _check_positive("widths", list(widths))
+        layers: list[nn.Module] = []
+        c = in_channels
+        for w in widths:
+            layers += [nn.Conv2d(c, w, 3, padding=1), nn.ReLU(),  # H x W => H x W, c => w channels
+                       nn.MaxPool2d(2)]  # H x W => H/2 x W/2
+            c = w
+        self.features = nn.Sequential(*layers)
+        side = image_size // 2 ** len(widths)
+        self.head = nn.Sequential(nn.Flatten(),  # c x side x side => c*side*side features
+                                  nn.Linear(c * side * side, num_classes))  # features => class scores
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
