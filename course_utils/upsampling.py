@@ -1,0 +1,81 @@
+"""Upsampling in decoders: how transposed convolutions overlap, and where checkerboard artifacts show."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .data import ImageData, to_float
+from .errors import CourseError
+from .metrics import reconstruct
+from .models import transposed_padding
+
+
+def upsampling_layer(kernel_size: int, stride: int = 2, upsample: str = "transposed", channels: int = 1,
+                     bias: bool = False) -> nn.Module:
+    """Return one layer that grows H and W ``stride`` times, built the way ``ConvDecoder`` builds it."""
+    if upsample == "transposed":
+        padding, output_padding = transposed_padding(kernel_size, stride)
+        # H x W => stride*H x stride*W: every input pixel stamps a k x k kernel, stride pixels apart
+        return nn.ConvTranspose2d(channels, channels, kernel_size, stride=stride, padding=padding,
+                                  output_padding=output_padding, bias=bias)
+    if upsample in ("nearest", "bilinear"):
+        if kernel_size % 2 == 0:
+            raise CourseError(f"Resize-then-convolve needs an odd kernel to keep the size, got {kernel_size}.")
+        return nn.Sequential(nn.Upsample(scale_factor=stride, mode=upsample),  # H x W => sH x sW
+                             nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, bias=bias))
+    raise CourseError(f"upsample must be 'transposed', 'nearest' or 'bilinear', got {upsample!r}.")
+
+
+@torch.no_grad()
+def overlap_map(kernel_size: int, stride: int = 2, size: int = 4, layers: int = 1,
+                upsample: str = "transposed") -> torch.Tensor:
+    """Return the (H, W) output of ``layers`` all-ones upsampling layers fed a constant image of ones.
+
+    For one transposed convolution each value is the number of kernel taps that land on that
+    output pixel; a pattern that is not flat away from the border is a checkerboard artifact.
+    """
+    if layers < 1 or size < 1:
+        raise CourseError(f"layers and size must be positive, got layers={layers}, size={size}.")
+    stack = nn.Sequential(*[upsampling_layer(kernel_size, stride, upsample) for _ in range(layers)])
+    for p in stack.parameters():
+        p.fill_(1.0)
+    return stack(torch.ones(1, 1, size, size))[0, 0]
+
+
+@torch.no_grad()
+def error_map(model: nn.Module, data: ImageData | torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Return the test MSE at each pixel position (H, W), averaged over images and channels, on [0, 1]."""
+    images = data.images if isinstance(data, ImageData) else data
+    total = torch.zeros(images.shape[-2:], dtype=torch.float64)
+    for i in range(0, images.shape[0], batch_size):
+        chunk = images[i:i + batch_size]
+        recon = reconstruct(model, chunk, batch_size)
+        total += (recon - to_float(chunk)).pow(2).sum(dim=(0, 1), dtype=torch.float64)
+    return (total / (images.shape[0] * images.shape[1])).float()
+
+
+def fold_tiles(images: torch.Tensor, period: int = 2) -> torch.Tensor:
+    """Return the mean period x period tile of maps (H, W) or images (N, C, H, W), as (period, period)."""
+    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    x = x.reshape(-1, *x.shape[-2:])
+    h, w = x.shape[-2:]
+    if period < 1 or h % period or w % period:
+        raise CourseError(f"period {period} must divide the map size {h}x{w}; crop a border first.")
+    return x.reshape(-1, h // period, period, w // period, period).mean(dim=(0, 1, 3))
+
+
+def grid_contrast(maps: torch.Tensor, period: int = 2, border: int = 0) -> float:
+    """Return (max - min) / mean of the mean period x period tile, ``border`` edge pixels left out.
+
+    0 for a map that is the same at every position of the grid (even overlap); above 0 when
+    some pixel positions of every period x period block are systematically brighter (a
+    checkerboard). Crop a border so the edges' lower overlap does not count.
+    """
+    x = maps.float()
+    if border:
+        x = x[..., border:-border, border:-border]
+    tile = fold_tiles(x, period)
+    mean = tile.mean()
+    if mean.abs() < 1e-12:
+        raise CourseError("grid_contrast needs a map with a non-zero mean (e.g. an overlap or error map).")
+    return float((tile.max() - tile.min()) / mean.abs())
