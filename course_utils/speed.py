@@ -39,6 +39,7 @@ class Throughput:
     warmup_seconds: float = 0.0  # untimed: first steps (and compilation, with torch.compile)
     data_fraction: float | None = None  # share of timed seconds spent waiting for the DataLoader
     settings: dict = dataclasses.field(default_factory=dict)
+    note: str = ""  # e.g. whether an improvement ladder kept this change
 
     def __repr__(self) -> str:
         spread = f"{min(self.rates):,.0f}-{max(self.rates):,.0f}" if self.rates else "-"
@@ -221,6 +222,63 @@ def measure_throughput(model: nn.Module, data: ImageData, batch_size: int, *, st
                       losses.cpu().tolist(), warmup_seconds, None, settings)
 
 
+LADDER_OPTIONS = ("batch_size", "channels_last", "amp", "fused", "compile", "optimizer")
+
+
+def improvement_ladder(build_model, data: ImageData, changes: Sequence[tuple[str, dict | str]], *,
+                       images_per_repeat: int = 1024, warmup: int = 2, repeats: int = 3,
+                       device: torch.device | str | None = None, lr: float = 1e-3, seed: int = 0,
+                       verbose: bool = True) -> tuple[dict[str, Throughput | str], dict]:
+    """Measure each change on top of the fastest settings so far; return results and the kept settings.
+
+    ``changes`` is a list of (name, settings) where settings holds some of batch_size,
+    channels_last, amp, fused, compile, optimizer (the first must give batch_size), or a
+    string saying why the change does not apply here. A change that is not faster than the
+    best so far is dropped: later rows run without it. Every row starts from a fresh
+    ``build_model()`` under the same seed.
+    """
+    results: dict[str, Throughput | str] = {}
+    kept: dict = {}
+    best = 0.0
+    for name, change in changes:
+        if isinstance(change, str):
+            results[name] = change
+            if verbose:
+                print(f"{name:34s} {change}")
+            continue
+        unknown = set(change) - set(LADDER_OPTIONS)
+        if unknown:
+            raise CourseError(f"Unknown setting(s) {sorted(unknown)}; choose from {', '.join(LADDER_OPTIONS)}.")
+        settings = {**kept, **change}
+        if "batch_size" not in settings:
+            raise CourseError("The first change of a ladder must set batch_size.")
+        bs = settings["batch_size"]
+        torch.manual_seed(seed)
+        try:
+            r = measure_throughput(build_model(), data, bs, steps=max(2, images_per_repeat // bs), warmup=warmup,
+                                   repeats=repeats, device=device, lr=lr, seed=seed,
+                                   **{k: v for k, v in settings.items() if k != "batch_size"})
+        except CourseError:
+            raise
+        except Exception as e:  # e.g. torch.compile without a working C++ compiler
+            results[name] = f"failed here: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+            if verbose:
+                print(f"{name:34s} {results[name]}")
+            continue
+        r.settings["batch_size"] = bs
+        if r.images_per_second > best:
+            r.note = "kept" if not best else f"kept: +{r.images_per_second / best - 1:.0%} over the best before"
+            kept, best = settings, r.images_per_second
+        else:
+            r.note = f"dropped: {1 - r.images_per_second / best:.0%} slower than the best before"
+        if r.warmup_seconds > 5:
+            r.note += f" (warm-up {r.warmup_seconds:.0f} s)"
+        results[name] = r
+        if verbose:
+            print(f"{name:34s} {r.images_per_second:8,.0f} images/s  {r.note}")
+    return results, kept
+
+
 def speedup_table(results: Mapping[str, Throughput | str], baseline: str | None = None):
     """Return a DataFrame of images/s and the ratio to ``baseline`` (default: the first row); str = why n/a."""
     import pandas as pd
@@ -234,7 +292,7 @@ def speedup_table(results: Mapping[str, Throughput | str], baseline: str | None 
         if isinstance(r, Throughput):
             rows.append({"setup": name, "batch": r.batch_size, "images/s": round(r.images_per_second),
                          f"x {baseline}": round(r.images_per_second / base.images_per_second, 2),
-                         "spread": f"{min(r.rates):,.0f}-{max(r.rates):,.0f}", "note": ""})
+                         "spread": f"{min(r.rates):,.0f}-{max(r.rates):,.0f}", "note": r.note})
         else:
             rows.append({"setup": name, "batch": None, "images/s": None, f"x {baseline}": None,
                          "spread": "", "note": str(r)})

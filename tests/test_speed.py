@@ -155,3 +155,44 @@ def test_fit_with_batch_fallback_halves_and_restores(fashion, capsys):
     with pytest.raises(cu.CourseError, match="even at batch size 16"):
         speed.fit_with_batch_fallback(_SmallGPU(cu.KapilshAutoencoder(), limit=4), fashion, batch_size=64,
                                       min_batch_size=16, device="cpu", progress=False)
+
+
+def test_improvement_ladder_real_run(fashion):
+    build = cu.KapilshAutoencoder
+    results, kept = speed.improvement_ladder(
+        build, fashion, [("base", {"batch_size": 64}), ("fp16", "n/a on CPU: needs CUDA"),
+                         ("channels_last", {"channels_last": True})],
+        images_per_repeat=128, warmup=1, repeats=2, device="cpu", verbose=False)
+    assert list(results) == ["base", "fp16", "channels_last"] and results["fp16"].startswith("n/a")
+    r = results["channels_last"]
+    assert r.batch_size == 64 and r.settings["channels_last"] and r.settings["batch_size"] == 64
+    assert len(r.rates) == 2 and r.images == 2 * 2 * 64  # images_per_repeat // batch = 2 steps a repeat
+    assert results["base"].note == "kept" and kept["batch_size"] == 64
+    with pytest.raises(cu.CourseError, match="batch_size"):
+        speed.improvement_ladder(build, fashion, [("x", {"fused": True})], device="cpu", verbose=False)
+    with pytest.raises(cu.CourseError, match="Unknown setting"):
+        speed.improvement_ladder(build, fashion, [("x", {"batch": 64})], device="cpu", verbose=False)
+
+
+def test_improvement_ladder_keeps_only_what_helps(fashion, monkeypatch):
+    """With known rates: a slower change is dropped and later rows are measured without it."""
+    rate = {(64, False, False): 100.0, (256, False, False): 150.0, (256, True, False): 120.0,
+            (256, False, True): 180.0}
+    seen = []
+
+    def fake(model, data, batch_size, **kw):
+        key = (batch_size, kw.get("channels_last", False), kw.get("fused", False))
+        seen.append(key)
+        return speed.Throughput(rate[key], [rate[key]], batch_size, batch_size, 1.0, [], settings=dict(kw))
+
+    monkeypatch.setattr(speed, "measure_throughput", fake)
+    results, kept = speed.improvement_ladder(
+        cu.KapilshAutoencoder, fashion, [("64", {"batch_size": 64}), ("256", {"batch_size": 256}),
+                                         ("cl", {"channels_last": True}), ("fused", {"fused": True})],
+        device="cpu", verbose=False)
+    assert seen == [(64, False, False), (256, False, False), (256, True, False), (256, False, True)]
+    assert results["cl"].note.startswith("dropped: 20% slower")
+    assert results["fused"].note.startswith("kept: +20%")
+    assert kept == {"batch_size": 256, "fused": True}
+    table = speed.speedup_table(results)
+    assert table.loc["fused", "x 64"] == 1.8 and table.loc["cl", "note"].startswith("dropped")
