@@ -18,7 +18,7 @@ from .plots import plot_comparison, plot_losses, results_table, show_feature_map
 from .training import History, check_model_fits, fit, fit_classifier, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
-from .experiments import Comparison, compare_models
+from .experiments import Comparison, code_size, compare_models
 from .inspect import feature_maps, layer_table, receptive_field
 from .speed import (Throughput, fit_tutorial_style, fit_with_batch_fallback, improvement_ladder, matmul_flops, measure_throughput, peak_memory_by_batch_size, speedup_table, training_flops, tutorial_transform)
 from .upsampling import error_map, fold_tiles, grid_contrast, overlap_map, upsampling_layer

@@ -29,6 +29,21 @@ class Comparison:
         return results_table(self.results, columns)
 
 
+@torch.no_grad()
+def code_size(model: nn.Module, images: torch.Tensor) -> int:
+    """Return how many values the model's encoder keeps per image (measured on ``images[:1]``)."""
+    from .data import to_float
+    from .metrics import model_value_range
+    encode = model.encode if hasattr(model, "encode") else model.encoder
+    x = to_float(images[:1].to(next(model.parameters()).device), model_value_range(model))
+    was_training = model.training
+    model.eval()
+    try:
+        return encode(x)[0].numel()
+    finally:
+        model.train(was_training)
+
+
 def compare_models(builders: Mapping[str, Callable[[], nn.Module]], train: ImageData, test: ImageData, *,
                    epochs: int, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
                    progress: bool = True, **fit_kwargs) -> Comparison:
@@ -42,9 +57,9 @@ def compare_models(builders: Mapping[str, Callable[[], nn.Module]], train: Image
                       progress=progress, desc=name, **fit_kwargs)
         train_seconds = time.perf_counter() - t0
         scores = evaluate(model, test)
-        code = getattr(model, "code_size", None)
+        code = code_size(model, test.images[:1])
         results[name] = {**scores, "parameters": count_parameters(model),
-                         "code size": code if code is not None else float("nan"),
+                         "code size": code,
                          "train images/s": sum(r["images_per_second"] * r["seconds"] for r in history.records)
                          / max(sum(r["seconds"] for r in history.records), 1e-9),
                          "train seconds": train_seconds}

@@ -253,6 +253,7 @@ class PaperspaceAutoencoder(nn.Module):
     def __init__(self, latent: int = 200, channels: int = 16):
         super().__init__()
         _check_positive("latent", latent)
+        self.code_size = latent
         c = channels
         self.encoder = nn.Sequential(
             nn.Conv2d(3, c, 3, padding=1), nn.ReLU(),  # 3x32x32 => 16x32x32
@@ -283,6 +284,7 @@ class KapilshAutoencoder(nn.Module):
     """kapilsh, "Convolutional Autoencoders" (Fashion-MNIST, a 4x7x7 = 196-value code)."""
 
     source = "kapilsh: Convolutional Autoencoders"
+    code_size = 4 * 7 * 7
     value_range = (0.0, 1.0)
 
     def __init__(self):
@@ -306,6 +308,7 @@ class AnothertechsAutoencoder(nn.Module):
     """anothertechs, "AutoEncoder Neural Network in PyTorch" (STL10 resized to 32x32; 263M parameters)."""
 
     source = "anothertechs: AutoEncoder Neural Network in PyTorch"
+    code_size = 100
     value_range = (0.0, 1.0)
 
     def __init__(self):

@@ -119,3 +119,13 @@ def test_recommended_autoencoder_builds_for_both_datasets():
         model = cu.recommended_autoencoder(shape, latent)
         assert isinstance(model, cu.ConvAutoencoder) and model.code_size == latent
         assert model(torch.rand(2, *shape)).shape == (2, *shape)
+
+
+def test_code_size_is_measured_from_the_encoder():
+    images = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    assert cu.code_size(cu.GeeksforGeeksAutoencoder(), images) == 8 * 8 * 8  # 8x8x8 on 32x32 CIFAR-10
+    assert cu.code_size(cu.GeeksforGeeksAutoencoder(), torch.zeros(1, 3, 64, 64, dtype=torch.uint8)) == 2048
+    assert cu.code_size(cu.PaperspaceAutoencoder(200), images) == 200 == cu.PaperspaceAutoencoder(200).code_size
+    assert cu.code_size(cu.KapilshAutoencoder(), torch.zeros(1, 1, 28, 28, dtype=torch.uint8)) == 196
+    model = cu.ConvAutoencoder(32, 3, (8, 16), latent=3, bottleneck="spatial")
+    assert cu.code_size(model, images) == model.code_size == 3 * 8 * 8
