@@ -56,3 +56,26 @@ def cifar_test() -> cu.ImageData:
     if CIFAR_DIR is None:
         pytest.skip("no CIFAR-10 pack")
     return cu.read_pack(CIFAR_DIR / "cifar10" / "test.npz")
+
+
+@pytest.fixture
+def serve_folder():
+    """Return a function that serves a folder over HTTP on 127.0.0.1 and gives its base URL."""
+    import functools
+    import http.server
+    import threading
+
+    servers = []
+
+    def start(folder: Path) -> str:
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+        handler.log_message = lambda *args: None
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # loopback only
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

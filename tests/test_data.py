@@ -1,10 +1,10 @@
 """The data layer: resolution order, packs, integrity checks and the two ways to iterate."""
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
-import threading
+import io
+import pickle
+import tarfile
 import shutil
 import zipfile
 
@@ -43,7 +43,7 @@ def test_step2_system_copy_then_pack_is_written(isolated_root, monkeypatch):
 
 
 @needs_fashion
-def test_step3_torchvision_download_from_a_local_mirror(isolated_root, tmp_path, monkeypatch):
+def test_step3_torchvision_download_from_a_local_mirror(isolated_root, tmp_path, monkeypatch, serve_folder):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     resources = []
@@ -53,17 +53,40 @@ def test_step3_torchvision_download_from_a_local_mirror(isolated_root, tmp_path,
         resources.append((name, hashlib.md5((mirror / name).read_bytes()).hexdigest()))
     monkeypatch.setattr(data_module, "SYSTEM_FASHION_MNIST_DIR", tmp_path / "no-system-copy")
     monkeypatch.setattr(torchvision.datasets.FashionMNIST, "resources", resources)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(mirror))
-    handler.log_message = lambda *args: None
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:  # a loopback-only mirror
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors",
-                            [f"http://127.0.0.1:{server.server_address[1]}/"])
-        data = cu.load_dataset("fashion-mnist", "test")  # torchvision's own downloader, local files
-        server.shutdown()
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "mirrors", [serve_folder(mirror)])
+    data = cu.load_dataset("fashion-mnist", "test")  # torchvision's own downloader, local files
     assert data.images.shape == (10_000, 1, 28, 28)
     assert (isolated_root / "fashion-mnist" / "raw").is_dir()
     assert (isolated_root / "fashion-mnist" / "test.npz").is_file()
+
+
+@needs_cifar
+def test_step3_cifar10_through_torchvision_from_a_local_mirror(isolated_root, tmp_path, monkeypatch,
+                                                                 serve_folder, cifar_test):
+    # Rebuild the python-format archive torchvision expects from 500 real test images.
+    part = cifar_test.subset(500, seed=5)
+    batch = {"data": part.images.flatten(1).numpy(), "labels": part.labels.tolist()}
+    meta = {"label_names": part.classes}
+    members = {"cifar-10-batches-py/test_batch": pickle.dumps(batch),
+               "cifar-10-batches-py/batches.meta": pickle.dumps(meta)}
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with tarfile.open(mirror / "cifar-10-python.tar.gz", "w:gz") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    md5 = {name.split("/")[-1]: hashlib.md5(p).hexdigest() for name, p in members.items()}
+    cls = torchvision.datasets.CIFAR10
+    monkeypatch.setattr(cls, "url", serve_folder(mirror) + "cifar-10-python.tar.gz")
+    monkeypatch.setattr(cls, "tgz_md5", hashlib.md5((mirror / "cifar-10-python.tar.gz").read_bytes()).hexdigest())
+    monkeypatch.setattr(cls, "train_list", [])
+    monkeypatch.setattr(cls, "test_list", [["test_batch", md5["test_batch"]]])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5["batches.meta"]})
+    data = cu.load_dataset("cifar10", "test")
+    assert torch.equal(data.images, part.images) and torch.equal(data.labels, part.labels)
+    assert data.classes == part.classes
+    assert torch.equal(cu.read_pack(isolated_root / "cifar10" / "test.npz").images, part.images)
 
 
 def test_offline_error_names_the_three_remedies(isolated_root, tmp_path, monkeypatch):
