@@ -54,6 +54,20 @@ def error_map(model: nn.Module, data: ImageData | torch.Tensor, batch_size: int 
     return (total / (images.shape[0] * images.shape[1])).float()
 
 
+def edge_map(images: ImageData | torch.Tensor) -> torch.Tensor:
+    """Return the mean squared jump to the right and lower neighbour at each pixel, as an (H-1, W-1) map.
+
+    Natural images change about equally at every position; a decoder that draws a grid
+    concentrates its jumps on some positions of every block.
+    """
+    x = images.images if isinstance(images, ImageData) else images
+    x = to_float(x) if x.dtype == torch.uint8 else x.float()
+    x = x.reshape(-1, *x.shape[-2:])  # (N, C, H, W) or (H, W) => (N*C, H, W)
+    right = (x[:, :-1, 1:] - x[:, :-1, :-1]).pow(2)
+    down = (x[:, 1:, :-1] - x[:, :-1, :-1]).pow(2)
+    return (right + down).mean(0)
+
+
 def fold_tiles(images: torch.Tensor, period: int = 2) -> torch.Tensor:
     """Return the mean period x period tile of maps (H, W) or images (N, C, H, W), as (period, period)."""
     x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
@@ -64,18 +78,34 @@ def fold_tiles(images: torch.Tensor, period: int = 2) -> torch.Tensor:
     return x.reshape(-1, h // period, period, w // period, period).mean(dim=(0, 1, 3))
 
 
-def grid_contrast(maps: torch.Tensor, period: int = 2, border: int = 0) -> float:
-    """Return (max - min) / mean of the mean period x period tile, ``border`` edge pixels left out.
+def grid_tile(maps: torch.Tensor, period: int = 2, border: int = 0) -> torch.Tensor:
+    """Return the mean period x period tile of a map divided by its local mean (1 everywhere: no grid).
 
-    0 for a map that is the same at every position of the grid (even overlap); above 0 when
-    some pixel positions of every period x period block are systematically brighter (a
-    checkerboard). Crop a border so the edges' lower overlap does not count.
+    Dividing by a moving average over one period keeps a repeating pattern and removes slow
+    trends (an error map that is larger at the top of the image is not a grid).
     """
     x = maps.float()
+    x = x.reshape(-1, *x.shape[-2:]).mean(0)  # (N, C, H, W) or (H, W) => (H, W)
     if border:
-        x = x[..., border:-border, border:-border]
-    tile = fold_tiles(x, period)
-    mean = tile.mean()
-    if mean.abs() < 1e-12:
-        raise CourseError("grid_contrast needs a map with a non-zero mean (e.g. an overlap or error map).")
-    return float((tile.max() - tile.min()) / mean.abs())
+        x = x[border:-border, border:-border]
+    h, w = x.shape
+    if period < 2 or h < 2 * period or w < 2 * period:
+        raise CourseError(f"period must be >= 2 and the map (after the border) at least 2 periods wide; "
+                          f"got period {period} for a {h}x{w} map.")
+    local = torch.nn.functional.avg_pool2d(x[None, None], period, stride=1)[0, 0]  # mean of each window
+    if local.abs().min() < 1e-12:
+        raise CourseError("grid_tile needs a map without zero-mean windows (e.g. an overlap or error map).")
+    n_h, n_w = (local.shape[0] // period) * period, (local.shape[1] // period) * period
+    off = period // 2  # compare each pixel with the window around it
+    ratio = x[off:off + n_h, off:off + n_w] / local[:n_h, :n_w]
+    return fold_tiles(ratio, period)
+
+
+def grid_contrast(maps: torch.Tensor, period: int = 2, border: int = 0) -> float:
+    """Return max - min of ``grid_tile``: 0 for an even map, above 0 for a pattern repeating every ``period``.
+
+    One 3x3 stride-2 transposed convolution of a constant gives tiles [[1, 2], [2, 4]] / 2.25, so 4/3.
+    Leave out a ``border`` so the edges' lower overlap does not count.
+    """
+    tile = grid_tile(maps, period, border)
+    return float(tile.max() - tile.min())

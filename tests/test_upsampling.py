@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import course_utils as cu
@@ -76,16 +77,35 @@ def test_error_map_averages_to_the_test_mse_of_evaluate(fashion_test):
     assert float(emap.std()) > 0.05 * float(emap.mean())
 
 
-def test_fold_tiles_and_grid_contrast_find_a_checkerboard_added_to_real_images(cifar_test):
-    images = cifar_test.images[:500].float() / 255
+def test_grid_contrast_finds_a_checkerboard_added_to_real_images_but_not_a_trend(cifar_test):
+    images = cifar_test.images[:1000].float() / 255
     clean = images.pow(2).mean(dim=(0, 1))  # a mean "energy" map of real photos: no grid in it
     assert up.fold_tiles(clean, 4).mean() == pytest.approx(float(clean.mean()), rel=1e-5)
     base = up.grid_contrast(clean, 2, border=2)
     sign = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(16, 16)  # +-1 checkerboard, period 2
     stamped = (images + 0.05 * sign).clamp(0, 1).pow(2).mean(dim=(0, 1))
-    assert base < 0.02 < up.grid_contrast(stamped, 2, border=2)
+    assert base < 0.02 and up.grid_contrast(stamped, 2, border=2) > 10 * base
+    # A smooth trend (brighter towards the bottom) is not a grid: the local mean divides it out.
+    ramp = clean * torch.linspace(1.0, 3.0, 32)[:, None]
+    assert up.grid_contrast(ramp, 4, border=2) < 2 * up.grid_contrast(clean, 4, border=2) + 0.01
+    tile = up.grid_tile(stamped, 2, border=2)
+    assert tile.shape == (2, 2) and tile.mean() == pytest.approx(1.0, abs=0.02)
     assert up.fold_tiles(cifar_test.images[:4], 8).shape == (8, 8)  # uint8 input is scaled to [0, 1]
     with pytest.raises(cu.CourseError, match="must divide"):
         up.fold_tiles(clean, 5)
-    with pytest.raises(cu.CourseError, match="non-zero mean"):
+    with pytest.raises(cu.CourseError, match="zero-mean"):
         up.grid_contrast(torch.zeros(8, 8))
+    with pytest.raises(cu.CourseError, match="2 periods wide"):
+        up.grid_contrast(clean, 8, border=10)
+
+
+def test_edge_map_of_real_photos_is_even_and_a_blocky_copy_is_not(cifar_test):
+    photos = cifar_test.subset(1000, seed=2)
+    emap = up.edge_map(photos)
+    assert emap.shape == (31, 31)
+    x = photos.images[:3].float() / 255  # the formula, by hand, at one position
+    by_hand = ((x[..., 5, 8] - x[..., 5, 7]) ** 2 + (x[..., 6, 7] - x[..., 5, 7]) ** 2).mean()
+    assert float(up.edge_map(photos.images[:3])[5, 7]) == pytest.approx(float(by_hand), rel=1e-5)
+    # Shrink and regrow by nearest-neighbour: every 2x2 block is flat, all jumps sit on block borders.
+    blocky = F.interpolate(F.avg_pool2d(photos.images.float(), 2), scale_factor=2, mode="nearest")
+    assert up.grid_contrast(emap, 2, border=2) < 0.05 < 1.0 < up.grid_contrast(up.edge_map(blocky), 2, border=2)
