@@ -1,0 +1,159 @@
+"""Code-size sweeps: compression ratios, spatial code sizes, a one-pass PCA curve, sharpness and curve plots."""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import ImageData, to_float
+from .errors import CourseError
+from .metrics import psnr_from_mse
+
+
+def code_shape(model: nn.Module, image_shape: Sequence[int]) -> tuple[int, ...]:
+    """Return the shape of one image's code (e.g. (256,) for a flat code, (16, 4, 4) for a map)."""
+    encode = model.encode if hasattr(model, "encode") else model.encoder
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return tuple(encode(torch.zeros(1, *image_shape, device=device)).shape[1:])
+    finally:
+        model.train(was_training)
+
+
+def bottleneck_map(model: nn.Module, image_shape: Sequence[int]) -> tuple[int, int, int]:
+    """Return (channels, height, width) of the feature map that enters the model's bottleneck."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return tuple(model.encoder(torch.zeros(1, *image_shape, device=device)).shape[1:])  # type: ignore
+    finally:
+        model.train(was_training)
+
+
+def spatial_code_size(target: int, map_area: int) -> int:
+    """Return the largest multiple of ``map_area`` (h*w) not above ``target``, and at least one map."""
+    if target <= 0 or map_area <= 0:
+        raise CourseError(f"target and map_area must be positive, got {target} and {map_area}.")
+    return max(map_area, target // map_area * map_area)
+
+
+def compression_table(image_shape: Sequence[int], code_sizes: Sequence[int]):
+    """Return a DataFrame with, per code size, the values kept and the compression ratio C*H*W / code size."""
+    import pandas as pd
+    values = int(np.prod(image_shape))
+    rows = [{"code size": int(k), "values per image": values, "compression ratio": values / k,
+             "% of values kept": 100.0 * k / values,
+             "bytes ratio (uint8 image / float32 code)": values / (4 * k)} for k in code_sizes]
+    return pd.DataFrame(rows).set_index("code size")
+
+
+@torch.no_grad()
+def pca_curve(train: ImageData, test: ImageData, sizes: Sequence[int], ssim: bool = True,
+              keep_reconstructions: int = 0) -> dict[int, dict]:
+    """Fit PCA once on ``train`` and score test reconstructions with each number of components.
+
+    One exact eigendecomposition, truncated per size, replaces one fit per size: the numbers are
+    those of scikit-learn's exact PCA, and within about 1% of ``pca_baseline(train, test, k)``
+    (whose randomized solver is slightly worse when there are fewer images than pixels). With
+    ``keep_reconstructions=n`` each result also holds the first ``n`` test reconstructions.
+    """
+    dims = int(np.prod(train.image_shape))
+    limit = min(dims, len(train))
+    for k in sizes:
+        if not 0 < k <= limit:
+            raise CourseError(f"PCA needs 1 <= n_components <= min(pixels, train images) = {limit}, got {k}.")
+    if tuple(test.image_shape) != tuple(train.image_shape):
+        raise CourseError(f"Train images are {train.image_shape} but test images are {test.image_shape}.")
+    x = to_float(train.images).flatten(1)
+    mean = x.mean(0)
+    xc = x - mean
+    side = min(dims, len(train))
+    dtype = torch.float64 if side <= 2048 else torch.float32  # float64 where its eigh stays cheap
+    xd = xc.to(dtype)
+    if len(train) >= dims:  # covariance (dims x dims): eigenvectors are the principal axes
+        values, vectors = torch.linalg.eigh(xd.T @ xd)
+    else:  # Gram matrix (N x N) is smaller: turn its eigenvectors into principal axes
+        values, u = torch.linalg.eigh(xd @ xd.T)
+        vectors = xd.T @ u / values.clamp_min(1e-30).sqrt()
+        tiny = values <= values.max() * side * torch.finfo(dtype).eps  # directions the data never varies along
+        vectors[:, tiny] = 0
+    order = torch.argsort(values, descending=True)
+    values, vectors = values[order].clamp_min(0), vectors[:, order].float()
+    total = float((xc ** 2).sum())
+    target = to_float(test.images)
+    centred = target.flatten(1) - mean
+    results = {}
+    for k in sizes:
+        axes = vectors[:, :k]  # dims x k
+        recon = ((centred @ axes) @ axes.T + mean).clamp_(0, 1).view_as(target)
+        mse = float(((recon - target) ** 2).mean(dtype=torch.float64))
+        scores = {"mse": mse, "psnr": psnr_from_mse(mse)}
+        if ssim:
+            from torchmetrics.functional.image import structural_similarity_index_measure
+            scores["ssim"] = float(structural_similarity_index_measure(recon, target, data_range=1.0))
+        scores["explained_variance"] = float(values[:k].sum()) / total
+        scores["code size"] = int(k)
+        if keep_reconstructions:
+            scores["reconstructions"] = recon[:keep_reconstructions].clone()
+        results[int(k)] = scores
+    return results
+
+
+def gradient_energy(images: torch.Tensor) -> torch.Tensor:
+    """Return each image's mean squared difference between neighbouring pixels (a sharpness score)."""
+    x = images.float().div(255) if images.dtype == torch.uint8 else images.float()
+    dx = (x[..., :, 1:] - x[..., :, :-1]).pow(2).flatten(1).mean(1)
+    dy = (x[..., 1:, :] - x[..., :-1, :]).pow(2).flatten(1).mean(1)
+    return dx + dy
+
+
+def sweep_code_sizes(build: Callable[[int], nn.Module], sizes: Sequence[int], train: ImageData, test: ImageData,
+                     *, epochs: int, label: str = "code", **compare_kwargs):
+    """Train one model per code size with ``compare_models``; return (results keyed by code size, Comparison)."""
+    from .experiments import compare_models
+    builders = {f"{label} {k}": (lambda k=k: build(k)) for k in sizes}
+    comparison = compare_models(builders, train, test, epochs=epochs, **compare_kwargs)
+    by_size = {}
+    for (name, scores), k in zip(comparison.results.items(), sizes):
+        size = int(scores["code size"])
+        if size != k:
+            raise CourseError(f"The model built for code size {k} ({name}) keeps {size} values per image.")
+        by_size[size] = scores
+    return by_size, comparison
+
+
+def plot_code_size_curve(curves: Mapping[str, Mapping[int, Mapping[str, float]]], title: str | None = None,
+                         image_values: int | None = None):
+    """Plot test MSE and PSNR against code size (log x axis), one line per method, in two panels."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    styles = ["o-", "s-", "^--", "D:", "v-.", "x-"]
+    for style, (name, curve) in zip(styles * 4, curves.items()):
+        sizes = sorted(curve)
+        for ax, metric in zip(axes, ("mse", "psnr")):
+            ax.plot(sizes, [curve[k][metric] for k in sizes], style, label=name)
+    for ax, metric in zip(axes, ("mse", "psnr")):
+        ax.set_xscale("log")
+        ax.set_xlabel("code size (values per image, log scale)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        if image_values:
+            top = ax.secondary_xaxis("top", functions=(lambda k: image_values / np.maximum(k, 1e-9),
+                                                       lambda r: image_values / np.maximum(r, 1e-9)))
+            top.set_xlabel("compression ratio (input values / code size)")
+    axes[0].set_ylabel("test MSE per value (log scale, lower is better)")
+    axes[0].set_yscale("log")
+    axes[1].set_ylabel("test PSNR in dB (higher is better)")
+    axes[0].set_title("Reconstruction error")
+    axes[1].set_title("Peak signal-to-noise ratio")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
