@@ -183,33 +183,42 @@ class ConvAutoencoder(nn.Module):
 
 
 # --------------------------------------------------------------------------- recommended recipe
-RECOMMENDED_TRAINING = {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "schedule": "onecycle",
-                        "batch_size": 128}
+# Measured on a 2-core CPU in the laptop profile (benchmarks/README.md, "Reconstruction quality"):
+# batch norm plus small batches (more steps per epoch) and a higher one-cycle peak learning rate
+# are what make a short run good; extra width, depth, GELU or a linear output did not pay for
+# their cost. The epochs come from the profile.
+RECOMMENDED_TRAINING = {"optimizer": "adamw", "lr": 5e-3, "weight_decay": 1e-4, "schedule": "onecycle",
+                        "batch_size": 32}
 
 
 def recommended_autoencoder(image_shape: Sequence[int] = (3, 32, 32), latent: int = 256,
                             bottleneck: str = "flat") -> ConvAutoencoder:
     """Return the course's recommended autoencoder for images of ``image_shape`` (C, H, W).
 
-    ``latent`` is the code size (values per image). With ``bottleneck="spatial"`` the code is a
-    small map of ``latent / (h * w)`` channels, so ``latent`` must be a multiple of the final
-    map's area (7 x 7 = 49 for 28x28 images: 196 gives a 4x7x7 code; 4 x 4 = 16 for 32x32).
-    Train it with ``fit(model, train, epochs=..., **RECOMMENDED_TRAINING)``; the reasoning and
-    measurements are in benchmarks/README.md ("Reconstruction quality").
+    Stride-2 convolutions (32, 64, ... channels, batch norm, ReLU) halve the image until its
+    side is at most 8 (28 => 14 => 7, 32 => 16 => 8, 64 => ... => 8), and a mirrored decoder of
+    4x4 transposed convolutions ends in a sigmoid. ``latent`` is the code size (values per
+    image). With ``bottleneck="spatial"`` the code is a small map of ``latent / (h * w)``
+    channels, so ``latent`` must be a multiple of the final map's area: 196 gives a 4x7x7 code
+    for 28x28 images, 256 a 4x8x8 code for 32x32 ones. Train it with
+    ``fit(model, train, epochs=..., **RECOMMENDED_TRAINING)``.
     """
     if len(image_shape) != 3:
         raise CourseError(f"image_shape must be (channels, height, width), got {tuple(image_shape)}.")
     channels, height, size = (int(v) for v in image_shape)
     if height != size:
         raise CourseError(f"The recommended autoencoder takes square images, got {height}x{size}.")
-    stages = 3 if size % 8 == 0 else 2 if size % 4 == 0 else 0
+    if bottleneck not in ("flat", "spatial"):
+        raise CourseError(f"bottleneck must be 'flat' or 'spatial', got {bottleneck!r}.")
+    stages, side = 0, size
+    while side > 8 and side % 2 == 0:  # halve while the map is larger than 8x8 and still even
+        stages, side = stages + 1, side // 2
     if stages == 0:
-        raise CourseError(f"Image size {size} is not divisible by 4: resize to a multiple of 4 or 8 "
+        raise CourseError(f"Image size {size} cannot be halved into a small map: use an even size above 8 "
                           "(load_dataset(..., image_size=32)).")
-    widths = (32, 64, 128)[:stages]
+    widths = tuple(min(32 * 2 ** i, 256) for i in range(stages))  # (32, 64) for 28x28 and 32x32 images
     code_channels = latent
     if bottleneck == "spatial":
-        side = size // 2 ** stages
         if latent % (side * side):
             raise CourseError(f"With a spatial bottleneck the code is channels x {side} x {side}, so latent "
                               f"must be a multiple of {side * side} (e.g. {4 * side * side} = 4x{side}x{side}), "
@@ -217,7 +226,7 @@ def recommended_autoencoder(image_shape: Sequence[int] = (3, 32, 32), latent: in
         code_channels = latent // (side * side)
     return ConvAutoencoder(size, channels, widths, code_channels, bottleneck, downsample="stride",
                            upsample="transposed", kernel_size=4, activation="relu", convs_per_stage=1,
-                           output_activation="sigmoid")
+                           batch_norm=True, output_activation="sigmoid")
 
 
 # --------------------------------------------------------------------------- seed tutorials

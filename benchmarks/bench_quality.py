@@ -1,0 +1,331 @@
+"""Reconstruction quality on the real test split: the course's recipe against PCA and published numbers.
+
+    # the laptop-profile tables of benchmarks/README.md ("Reconstruction quality")
+    COURSE_DATA_DIR=/work/shared/datasets flock /tmp/course-cpu.lock \\
+        .venv/bin/python benchmarks/bench_quality.py --dataset cifar10 --latents 64 128 256 384
+    flock /tmp/course-cpu.lock .venv/bin/python benchmarks/bench_quality.py --dataset fashion-mnist \\
+        --latents 196 --candidates recommended recommended-spatial kapilsh
+
+    # one tuning run: a named candidate, or the recipe with one training setting changed
+    ... bench_quality.py --dataset fashion-mnist --latents 196 --candidates w32-c1 --lr 5e-3
+
+Every contender is trained with ``cu.fit`` on the same training subset (the profile's size
+unless ``--train-images``), with the same seed, and scored with ``cu.evaluate`` on the whole
+test split (10,000 images unless ``--test-images``): per-pixel MSE on [0, 1] and the PSNR of
+that mean. ``--pca`` adds ``cu.pca_baseline`` with as many components as the code has values,
+fitted on the full train split and on the same subset the networks see. Images/second are
+``cu.fit``'s own (training steps only), the median over epochs.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import course_utils as cu  # noqa: E402
+
+# Published reference numbers (test MSE on [0, 1]) quoted in the issue.
+UVA_TUTORIAL9 = {64: 0.0071, 128: 0.0041, 256: 0.0021, 384: 0.0013}  # CIFAR-10, 500 epochs, RTX 3090
+UVA_MINUTES_PER_MODEL = 13.0
+PCA_REFERENCE = {("cifar10", 256): 0.00225, ("cifar10", 200): 0.00302, ("fashion-mnist", 196): 0.00389}
+KAPILSH_REFERENCE = 0.0107  # Fashion-MNIST, its own settings, 6 epochs
+
+
+def _conv(widths, stages: int | None = None, **kw) -> Callable:
+    """Return a builder of a cu.ConvAutoencoder with ``widths`` for CIFAR-10 (3 stages) or Fashion-MNIST (2)."""
+    def build(shape, latent, bottleneck="flat"):
+        c, size = shape[0], shape[-1]
+        w = widths[:stages] if stages else widths if size % 8 == 0 else widths[:2]  # 28 => 14 => 7 only
+        if bottleneck == "spatial":
+            area = (size // 2 ** len(w)) ** 2
+            latent = latent // area
+        return cu.ConvAutoencoder(size, c, w, latent, bottleneck, **kw)
+    return build
+
+
+def _recommended(fixed: str | None = None) -> Callable:
+    return lambda shape, latent, bottleneck="flat": cu.recommended_autoencoder(shape, latent, fixed or bottleneck)
+
+
+def _kapilsh(shape, latent, bottleneck="flat"):
+    if tuple(shape) != (1, 28, 28) or latent != 196:
+        raise SystemExit("The kapilsh replica is fixed: Fashion-MNIST (1x28x28) with a 196-value code.")
+    return cu.KapilshAutoencoder()
+
+
+# name -> (builder(image_shape, latent), training settings that differ from cu.RECOMMENDED_TRAINING)
+CANDIDATES: dict[str, tuple[Callable, dict]] = {
+    "recommended": (_recommended(), {}),
+    "recommended-spatial": (_recommended("spatial"), {}),  # always spatial, whatever --bottleneck says
+    "kapilsh": (_kapilsh, {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": None, "batch_size": 32}),
+    # the tuning space explored for the recipe (see benchmarks/README.md)
+    "w32-c1": (_conv((32, 64, 128)), {}),
+    "w32-c1-bn": (_conv((32, 64, 128), batch_norm=True), {}),
+    "w32-c1-bn-linear": (_conv((32, 64, 128), batch_norm=True, output_activation=None), {}),
+    "w32-c1-gelu": (_conv((32, 64, 128), activation="gelu"), {}),
+    "w32-c1-silu": (_conv((32, 64, 128), activation="silu"), {}),
+    "w32-c1-lrelu": (_conv((32, 64, 128), activation="leaky_relu"), {}),
+    "w32-c1-linear": (_conv((32, 64, 128), output_activation=None), {}),
+    "w32-c1-nearest": (_conv((32, 64, 128), upsample="nearest"), {}),
+    "w32-c1-k3": (_conv((32, 64, 128), kernel_size=3), {}),
+    "w48-c1": (_conv((48, 96, 192)), {}),
+    "w48-c1-bn": (_conv((48, 96, 192), batch_norm=True), {}),
+    "w64-c1-bn": (_conv((64, 128, 256), batch_norm=True), {}),
+    "w32-2stage-bn": (_conv((32, 64), stages=2, batch_norm=True), {}),
+    "w48-2stage-bn": (_conv((48, 96), stages=2, batch_norm=True), {}),
+    "w64-2stage-bn": (_conv((64, 128), stages=2, batch_norm=True), {}),
+    "w32-1stage-bn": (_conv((32,), stages=1, batch_norm=True), {}),
+    "w32-c2-bn": (_conv((32, 64, 128), convs_per_stage=2, batch_norm=True), {}),
+    "w32-c1-bn-gelu": (_conv((32, 64, 128), batch_norm=True, activation="gelu"), {}),
+    "w32-c1-bn-nearest": (_conv((32, 64, 128), batch_norm=True, upsample="nearest"), {}),
+    "w64-c1": (_conv((64, 128, 256)), {}),
+    "w16-c1": (_conv((16, 32, 64)), {}),
+    "w32-c2": (_conv((32, 64, 128), convs_per_stage=2), {}),
+    "w16-c2": (_conv((16, 32, 64), convs_per_stage=2), {}),
+    "w64-128-256-c2-gelu": (_conv((64, 128, 256), convs_per_stage=2, activation="gelu"), {}),
+}
+
+
+def machine_line() -> str:
+    """Return one line naming the CPU, core count, torch version and date."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu or 'CPU'}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+            f"torch {torch.__version__}, {dt.date.today().isoformat()}, load average {load:.1f} at start")
+
+
+def train_and_score(name: str, image_shape, latent: int, train, test, epochs: int, seed: int,
+                    overrides: dict, bottleneck: str = "flat") -> dict:
+    """Train candidate ``name`` for ``epochs`` on ``train`` and return its scores on ``test``."""
+    build, settings = CANDIDATES[name]
+    recipe = {**cu.RECOMMENDED_TRAINING, **settings, **overrides}
+    cu.seed_everything(seed)
+    model = build(image_shape, latent, bottleneck)
+    t0 = time.perf_counter()
+    history = cu.fit(model, train, epochs=epochs, seed=seed, progress=False, device="cpu", **recipe)
+    seconds = time.perf_counter() - t0
+    scores = cu.evaluate(model, test, ssim=False)
+    code = getattr(model, "code_size", 196 if name == "kapilsh" else latent)
+    if name != "kapilsh" and bottleneck == "spatial" and not name.endswith("-spatial"):
+        name += " [spatial]"
+    return {"candidate": name, "latent": latent, "code_size": int(code), "seed": seed, "mse": scores["mse"],
+            "psnr": scores["psnr"], "parameters": cu.count_parameters(model),
+            "mflops_per_image": cu.flops_per_image(model, image_shape) / 1e6,
+            "train_images_per_second": statistics.median(history["images_per_second"]),
+            "train_seconds": seconds, "final_train_loss": history.last["train_loss"],
+            "settings": {k: v for k, v in recipe.items()}}
+
+
+def load(dataset: str, train_images: int | None, test_images: int | None, seed: int):
+    """Return (full train, train subset, test subset) of ``dataset``."""
+    full = cu.load_dataset(dataset, "train")
+    test = cu.load_dataset(dataset, "test")
+    return full, full.subset(train_images, seed=seed), test.subset(test_images, seed=seed)
+
+
+def pca_rows(dataset: str, full, subset, test, latents) -> list[dict]:
+    """Return PCA scores with ``latent`` components, fitted on the full train split and on ``subset``."""
+    rows = []
+    for latent in latents:
+        for label, train in (("PCA (full train)", full), (f"PCA ({len(subset):,} train)", subset)):
+            t0 = time.perf_counter()
+            r = cu.pca_baseline(train, test, latent)
+            rows.append({"candidate": label, "latent": latent, "code_size": latent, "mse": r["mse"],
+                         "psnr": r["psnr"], "fit_seconds": time.perf_counter() - t0,
+                         "train_images": len(train)})
+    return rows
+
+
+def median_rows(rows: list[dict]) -> list[dict]:
+    """Collapse repeats (one row per seed) into medians per (candidate, latent)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["candidate"], r["latent"]), []).append(r)
+    out = []
+    for (name, latent), rs in groups.items():
+        m = dict(rs[0])
+        for key in ("mse", "psnr", "train_images_per_second", "train_seconds"):
+            if key in m:
+                m[key] = statistics.median(r[key] for r in rs)
+        m["repeats"] = len(rs)
+        m["mse_all"] = [r["mse"] for r in rs]
+        out.append(m)
+    return out
+
+
+def long_run_chunk(args, train, test, epochs: int, overrides: dict, machine: str, command: str) -> int:
+    """Train ``--chunk-epochs`` more epochs of a long run kept in ``--checkpoint``; score and record it."""
+    if len(args.candidates) != 1 or len(args.latents or []) != 1 or len(args.seeds) != 1:
+        raise SystemExit("--checkpoint needs exactly one --candidates, one --latents and one --seeds value.")
+    name, latent, seed = args.candidates[0], args.latents[0], args.seeds[0]
+    build, settings = CANDIDATES[name]
+    recipe = {**cu.RECOMMENDED_TRAINING, **settings, **overrides}
+    done = 0
+    if args.checkpoint.is_file():
+        done = int(torch.load(args.checkpoint, map_location="cpu", weights_only=True)["epoch"])
+    if done >= epochs:
+        print(f"{args.checkpoint} has finished all {epochs} epochs.")
+        return 0
+    cu.seed_everything(seed)
+    model = build(train.image_shape, latent, args.bottleneck)
+    n_batches = len(train) // recipe["batch_size"] if len(train) >= 2 * recipe["batch_size"] else 1
+    stop = (done + (args.chunk_epochs or epochs)) * n_batches
+    history = cu.fit(model, train, epochs=epochs, seed=seed, progress=False, device="cpu", checkpoint=args.checkpoint,
+                     resume=True, stop_after_steps=stop, **recipe)
+    scores = cu.evaluate(model, test, ssim=False)
+    record = {"candidate": name, "latent": latent, "code_size": model.code_size, "seed": seed,
+              "epochs_done": len(history), "epochs": epochs, "train_images": len(train),
+              "images_seen": len(history) * n_batches * recipe["batch_size"], "mse": scores["mse"],
+              "psnr": scores["psnr"], "train_seconds_total": sum(history["seconds"]),
+              "train_images_per_second": statistics.median(history["images_per_second"][done:]),
+              "settings": recipe, "dataset": args.dataset, "machine": machine, "command": command}
+    print(f"{name} code {latent}: epoch {len(history)}/{epochs}, {record['images_seen']:,} images seen, "
+          f"{record['train_seconds_total']:.0f} s of training: test MSE {scores['mse']:.5f} "
+          f"(PSNR {scores['psnr']:.2f} dB), {record['train_images_per_second']:,.0f} img/s", flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        with args.json.open("a") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+    return 0
+
+
+def report(path: Path, dataset: str) -> int:
+    """Print the median table of the records of ``dataset`` stored in the JSON-lines file ``path``."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [r for r in records if r.get("dataset") == dataset]
+    if not records:
+        print(f"No records of {dataset} in {path}.")
+        return 1
+    pca = {(r["candidate"], r["latent"]): r for r in records if "parameters" not in r}  # last one wins
+    runs: dict[tuple, dict] = {}
+    for r in records:
+        if "parameters" in r:  # the last record of each (model, settings, budget, seed) wins
+            key = (r["candidate"], r["latent"], r["seed"], r["train_images"], r["epochs"],
+                   json.dumps(r["settings"], sort_keys=True))
+            runs[key] = r
+    groups: dict[tuple, list[dict]] = {}
+    for key, r in runs.items():
+        groups.setdefault(key[:2] + key[3:], []).append(r)
+    print(f"# {dataset}: {len(records)} records from {path}")
+    for (name, latent, n, epochs, settings), rs in sorted(groups.items(), key=lambda kv: kv[0][:2]):
+        print(f"#   {name} code {latent}: {len(rs)} seed(s), {n:,} train images x {epochs} epochs, {settings}")
+    for m in sorted({r["machine"] for r in records}):
+        print(f"# machine: {m}")
+    print(markdown(dataset, list(pca.values()) + median_rows([r for rs in groups.values() for r in rs])))
+    return 0
+
+
+def markdown(dataset: str, rows: list[dict]) -> str:
+    """Return the rows as a Markdown table with the published references beside them."""
+    lines = ["| model | code | test MSE | PSNR dB | params | MFLOP/img (train step) | train img/s | train s | "
+             "reference |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in sorted(rows, key=lambda r: (r["latent"], r["mse"])):
+        ref = []
+        if dataset == "cifar10" and r["latent"] in UVA_TUTORIAL9:
+            ref.append(f"UvA 500 ep: {UVA_TUTORIAL9[r['latent']]}")
+        if (dataset, r["latent"]) in PCA_REFERENCE:
+            ref.append(f"PCA (issue): {PCA_REFERENCE[(dataset, r['latent'])]}")
+        if r["candidate"] == "kapilsh":
+            ref.append(f"kapilsh 6 ep: {KAPILSH_REFERENCE}")
+        if "parameters" in r:
+            cost = (f"{r['parameters']:,} | {r['mflops_per_image']:.1f} | {r['train_images_per_second']:,.0f} "
+                    f"| {r['train_seconds']:.0f}")
+        else:
+            cost = f"- | - | - | {r['fit_seconds']:.0f} (PCA fit)"
+        repeats = f" (median of {r['repeats']})" if r.get("repeats", 1) > 1 else ""
+        spread = (f" ({min(r['mse_all']):.5f}-{max(r['mse_all']):.5f})" if r.get("repeats", 1) > 1 else "")
+        lines.append(f"| {r['candidate']}{repeats} | {r['code_size']} | {r['mse']:.5f}{spread} | {r['psnr']:.2f} "
+                     f"| {cost} | {'; '.join(ref)} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="cifar10", choices=["cifar10", "fashion-mnist"])
+    parser.add_argument("--latents", type=int, nargs="+", default=None,
+                        help="code sizes (default: 64 128 256 384 for CIFAR-10, 196 for Fashion-MNIST)")
+    parser.add_argument("--candidates", nargs="+", default=["recommended"], choices=sorted(CANDIDATES))
+    parser.add_argument("--profile", default="laptop", help="sizes train subset, epochs (default laptop)")
+    parser.add_argument("--train-images", type=int, default=None, help="override the profile's train size")
+    parser.add_argument("--test-images", type=int, default=None, help="default: the whole test split")
+    parser.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="repeat per seed; report medians")
+    parser.add_argument("--bottleneck", default="flat", choices=["flat", "spatial"],
+                        help="bottleneck of the candidates (spatial: latent = channels x h x w)")
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--optimizer", default=None)
+    parser.add_argument("--schedule", default=None, help="onecycle, cosine or none")
+    parser.add_argument("--weight-decay", type=float, default=None)
+    parser.add_argument("--pca", action="store_true", help="add PCA baselines (full train and same subset)")
+    parser.add_argument("--json", type=Path, default=None, help="append the records to this JSON-lines file")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="long run in chunks: resume from / save to this file (one candidate, latent, seed)")
+    parser.add_argument("--chunk-epochs", type=int, default=None,
+                        help="with --checkpoint: train this many more epochs, score, save and stop")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="train nothing: print the medians of the records in this JSON-lines file")
+    args = parser.parse_args()
+
+    profile = cu.get_profile(args.profile)
+    latents = args.latents or ([64, 128, 256, 384] if args.dataset == "cifar10" else [196])
+    train_images = args.train_images if args.train_images is not None else profile.train_images
+    epochs = args.epochs or profile.epochs
+    overrides = {k: v for k, v in (("lr", args.lr), ("batch_size", args.batch_size),
+                                   ("optimizer", args.optimizer), ("weight_decay", args.weight_decay)) if v is not None}
+    if args.schedule is not None:
+        overrides["schedule"] = None if args.schedule == "none" else args.schedule
+
+    if args.report:
+        return report(args.report, args.dataset)
+    machine, command = machine_line(), " ".join(["python", *sys.argv])
+    print(f"# machine: {machine}")
+    print(f"# command: {command}")
+    full, train, test = load(args.dataset, train_images, args.test_images, seed=0)
+    print(f"# data: {args.dataset}, train {len(train):,} of {len(full):,}, test {len(test):,}, "
+          f"{epochs} epochs, settings {dict(cu.RECOMMENDED_TRAINING, **overrides)}", flush=True)
+    if args.checkpoint is not None:
+        return long_run_chunk(args, train, test, epochs, overrides, machine, command)
+    rows = pca_rows(args.dataset, full, train, test, latents) if args.pca else []
+    runs = []
+    for latent in latents:
+        for name in args.candidates:
+            for seed in args.seeds:
+                r = train_and_score(name, full.image_shape, latent, train, test, epochs, seed, overrides,
+                                    args.bottleneck)
+                r.update(dataset=args.dataset, train_images=len(train), test_images=len(test), epochs=epochs)
+                runs.append(r)
+                print(f"{r['candidate']:24s} code {r['code_size']:4d} seed {seed}: MSE {r['mse']:.5f} "
+                      f"PSNR {r['psnr']:.2f} dB, {r['train_images_per_second']:,.0f} img/s, "
+                      f"{r['train_seconds']:.0f} s", flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        with args.json.open("a") as f:
+            for r in rows + runs:  # PCA rows and one row per trained model and seed
+                f.write(json.dumps({**r, "dataset": args.dataset, "machine": machine,
+                                    "command": command}, default=str) + "\n")
+    print()
+    print(markdown(args.dataset, rows + median_rows(runs)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
