@@ -18,8 +18,11 @@ For each seed replica, side by side in one process and on the same images:
 Then a table of ``cu.fit`` options on the CPU (memory layout, bf16, fused optimizer, threads,
 batch size) for the Paperspace replica and the course's recommended autoencoder.
 
-Every rate is the median of ``--repeats`` timed blocks after untimed warm-up steps. ``--readme``
-replaces the "Training speed" section of benchmarks/README.md with the tables.
+Every measurement runs ``--rounds`` times round-robin with the others of its table (a fresh model
+and seed each round, so a slow drift of a shared machine hits all alike), each time ``--repeats``
+timed blocks after untimed warm-up steps; the table shows the median. A measurement during which
+other processes took more than 10% of the CPU ($BENCH_MAX_OTHERS) is redone, up to 3 times.
+``--readme`` replaces the "Training speed" section of benchmarks/README.md with the tables.
 """
 from __future__ import annotations
 
@@ -89,8 +92,12 @@ def others_share(fn, *args, **kwargs):
     return result, max(0.0, busy - own) / (wall * (os.cpu_count() or 1))
 
 
-def quiet(fn, *args, threshold: float = 0.1, tries: int = 3, wait: float = 20.0, **kwargs):
-    """Run a measurement; if other processes took more than ``threshold`` of the CPU, wait and redo it."""
+def quiet(fn, *args, threshold: float | None = None, tries: int = 3, wait: float = 20.0, **kwargs):
+    """Run a measurement; if other processes took more than ``threshold`` of the CPU, wait and redo it.
+
+    The threshold defaults to $BENCH_MAX_OTHERS, else 0.1 (set it to 1 to never redo, e.g. for a dry run).
+    """
+    threshold = float(os.environ.get("BENCH_MAX_OTHERS", 0.1)) if threshold is None else threshold
     for attempt in range(tries):
         result, share = others_share(fn, *args, **kwargs)
         if share is None or share <= threshold or attempt == tries - 1:
@@ -130,16 +137,33 @@ def recommended(device: torch.device) -> dict:
     """Return the speed settings chapter 05 recommends on ``device``."""
     if device.type == "cuda":
         return fit_defaults(device)
-    return {"channels_last": True, "amp": "bf16" if native_bf16() else False, "fused": False}
+    bf16 = native_bf16()  # bf16 autocast pays off only with native bf16 arithmetic
+    return {"channels_last": True, "amp": "bf16" if bf16 else False, "fused": True}
 
 
-def fit_itself(build, data, batch_size: int, images: int, repeats: int, device, value_range, **fit_kwargs) -> float:
-    """Return the median of cu.fit's own per-epoch images/s over ``repeats`` epochs after a warm-up epoch."""
-    torch.manual_seed(0)
+def fit_itself(build, data, batch_size: int, images: int, epochs: int, device, **fit_kwargs) -> float:
+    """Return the median of cu.fit's own per-epoch images/s over ``epochs`` epochs after a warm-up epoch."""
     subset = data.subset(max(images, 2 * batch_size))
-    history = cu.fit(build(), subset, epochs=1 + repeats, batch_size=batch_size, lr=1e-3, optimizer="adam",
-                     schedule=None, device=device, progress=False, value_range=value_range, **fit_kwargs)
+    history = cu.fit(build(), subset, epochs=1 + epochs, batch_size=batch_size, lr=1e-3, optimizer="adam",
+                     schedule=None, device=device, progress=False, **fit_kwargs)
     return statistics.median(history["images_per_second"][1:])
+
+
+def round_robin(jobs: dict, rounds: int) -> dict[str, list]:
+    """Run every job once per round, in turn (so slow drifts hit all alike); return each job's results.
+
+    Each job gets the round number (use it as the seed: a fresh model every time) and returns a
+    Throughput or images/s. Every run goes through ``quiet``.
+    """
+    results: dict[str, list] = {name: [] for name in jobs}
+    for r in range(rounds):
+        for name, job in jobs.items():
+            results[name].append(quiet(job, r))
+    return results
+
+
+def median_rate(runs: list) -> float:
+    return statistics.median(r.images_per_second if isinstance(r, cu.Throughput) else r for r in runs)
 
 
 def md_table(rows: list[dict]) -> str:
@@ -180,81 +204,96 @@ def seed_table(args, device) -> tuple[list[dict], list[str]]:
         if dataset not in data_cache:
             data_cache[dataset] = cu.load_dataset(dataset, "train").subset(args.train_images)
         data = data_cache[dataset]
-        value_range = getattr(build(), "value_range", (0.0, 1.0))
         steps = lambda bs: max(3, args.images_per_repeat // bs)  # noqa: E731
-        torch.manual_seed(0)
-        seed = quiet(cu.fit_tutorial_style, build(), data, seed_batch, epochs=args.repeats,
-                                     max_batches=args.images_per_repeat // seed_batch + 3, warmup=3, device=device)
-        torch.manual_seed(0)
-        same = quiet(cu.measure_throughput, build(), data, seed_batch, steps=steps(seed_batch), repeats=args.repeats,
-                                     warmup=3, device=device, **defaults)
-        itself = quiet(fit_itself, build, data, seed_batch, args.images_per_repeat, args.repeats, device, value_range,
-                            amp=bool(defaults["amp"]), channels_last=defaults["channels_last"])
-        best = None
+
+        def fresh(r):
+            torch.manual_seed(r)
+            return build()
+
+        jobs = {
+            "seed": lambda r: cu.fit_tutorial_style(fresh(r), data, seed_batch, epochs=args.repeats, warmup=3,
+                                                    max_batches=args.images_per_repeat // seed_batch + 3,
+                                                    device=device, seed=r),
+            "same": lambda r: cu.measure_throughput(fresh(r), data, seed_batch, steps=steps(seed_batch),
+                                                    repeats=args.repeats, warmup=3, device=device, seed=r,
+                                                    **defaults),
+            "itself": lambda r: fit_itself(lambda: fresh(r), data, seed_batch, args.images_per_repeat,
+                                           args.repeats, device, seed=r, amp=bool(defaults["amp"]),
+                                           channels_last=defaults["channels_last"]),
+        }
         for bs in dict.fromkeys([seed_batch, 128, 256]):
-            torch.manual_seed(0)
-            r = quiet(cu.measure_throughput, build(), data, bs, steps=steps(bs), repeats=args.repeats, warmup=3,
-                                      device=device, **rec)
-            print(f"  {name}: recommended settings at batch {bs}: {r.images_per_second:,.0f} images/s", flush=True)
-            if best is None or r.images_per_second > best.images_per_second:
-                best = r
+            jobs[f"rec {bs}"] = lambda r, bs=bs: cu.measure_throughput(fresh(r), data, bs, steps=steps(bs),
+                                                                       repeats=args.repeats, warmup=3, device=device,
+                                                                       seed=r, **rec)
+        runs = round_robin(jobs, args.rounds)
+        rates = {k: median_rate(v) for k, v in runs.items()}
+        best_bs = max((k for k in rates if k.startswith("rec ")), key=rates.get)
+        seed_rate, best = rates["seed"], rates[best_bs]
+        waiting = statistics.median(t.data_fraction for t in runs["seed"])
         rows.append({"replica": name, "data": dataset, "seed batch": seed_batch,
-                     "seed loop": rate(seed.images_per_second),
-                     "(waiting for data)": f"{seed.data_fraction:.0%}",
-                     "fit, same batch": rate(same.images_per_second),
-                     "fit itself": rate(itself),
-                     "fit, recommended": f"{rate(best.images_per_second)} (batch {best.batch_size})",
-                     "fit / seed": f"{same.images_per_second / seed.images_per_second:.2f}x",
-                     "recommended / seed": f"**{best.images_per_second / seed.images_per_second:.2f}x**"})
-        notes.append(f"{name}: {note}.")
+                     "seed loop": rate(seed_rate), "(waiting for data)": f"{waiting:.0%}",
+                     "fit, same batch": rate(rates["same"]), "fit itself": rate(rates["itself"]),
+                     "fit, recommended": f"{rate(best)} (batch {best_bs[4:]})",
+                     "fit / seed": f"{rates['same'] / seed_rate:.2f}x",
+                     "recommended / seed": f"**{best / seed_rate:.2f}x**"})
+        notes.append(f"{name}: {note}; recommended settings at batch "
+                     + ", ".join(f"{k[4:]}: {rate(v)}" for k, v in rates.items() if k.startswith("rec ")) + ".")
         print(md_table(rows[-1:]), flush=True)
     for name, why in SKIPPED.items():
         notes.append(f"{name}: {why}.")
     return rows, notes
 
 
-def cpu_options_table(args, device) -> list[dict]:
-    """Measure cu.fit's speed options one at a time against its CPU defaults."""
+def cpu_options_table(args, device) -> tuple[list[dict], int]:
+    """Measure cu.fit's speed options one at a time against its CPU defaults, round-robin."""
     data = cu.load_dataset("cifar10", "train").subset(args.train_images)
     models = {"Paperspace": lambda: cu.PaperspaceAutoencoder(latent=200),
               "recommended": lambda: cu.recommended_autoencoder((3, 32, 32), 256)}
-    options = [("fit's CPU default: float32, NCHW, batch 128", 128, {}),
-               ("batch 64", 64, {}), ("batch 256", 256, {}),
-               ("channels_last", 128, {"channels_last": True}),
-               ("bf16 autocast", 128, {"amp": "bf16"}),
-               ("channels_last + bf16", 128, {"channels_last": True, "amp": "bf16"}),
-               ("channels_last + bf16, batch 64", 64, {"channels_last": True, "amp": "bf16"}),
-               ("channels_last + bf16, batch 256", 256, {"channels_last": True, "amp": "bf16"}),
-               ("fused AdamW", 128, {"fused": True}),
-               ("1 thread instead of 2", 128, {"threads": 1})]
-    rows = []
+    base = cu.RECOMMENDED_TRAINING["batch_size"]
+    both = {"channels_last": True, "amp": "bf16"}
+    options = [(f"fit's CPU defaults (float32, NCHW), batch {base}", base, {}),
+               (f"batch {2 * base}", 2 * base, {}), (f"batch {4 * base}", 4 * base, {}),
+               ("channels_last", base, {"channels_last": True}),
+               ("bf16 autocast", base, {"amp": "bf16"}),
+               ("fused AdamW", base, {"fused": True}),
+               ("channels_last + bf16", base, both),
+               ("channels_last + bf16 + fused AdamW", base, {**both, "fused": True}),
+               (f"channels_last + bf16 + fused AdamW, batch {4 * base}", 4 * base, {**both, "fused": True}),
+               ("1 thread instead of 2", base, {"threads": 1})]
     threads = torch.get_num_threads()
-    for label, bs, opts in options:
-        row = {"setting (one change from the default)": label}
-        for name, build in models.items():
-            opts = dict(opts)
-            n_threads = opts.pop("threads", threads)
+
+    def job(build, bs, opts):
+        opts = dict(opts)
+        n_threads = opts.pop("threads", threads)
+
+        def run(r):
             torch.set_num_threads(n_threads)
             try:
-                torch.manual_seed(0)
-                r = quiet(cu.measure_throughput, build(), data, bs, steps=max(3, args.images_per_repeat // bs),
-                                          repeats=args.repeats, warmup=3, device=device, optimizer="adamw", **opts)
+                torch.manual_seed(r)
+                return cu.measure_throughput(build(), data, bs, steps=max(3, args.images_per_repeat // bs),
+                                             repeats=args.repeats, warmup=3, device=device, optimizer="adamw",
+                                             seed=r, **opts)
             finally:
                 torch.set_num_threads(threads)
-            row[name] = r.images_per_second
-        rows.append(row)
-        print(f"  {label}: " + ", ".join(f"{k} {v:,.0f}" for k, v in row.items() if k in models), flush=True)
-    base = dict(rows[0])
-    for row in rows:
+        return run
+
+    jobs = {(label, name): job(build, bs, opts) for label, bs, opts in options for name, build in models.items()}
+    runs = round_robin(jobs, args.rounds)
+    rates = {k: median_rate(v) for k, v in runs.items()}
+    rows = []
+    for label, _, _ in options:
+        row = {"setting (one change from fit's CPU defaults)": label}
         for name in models:
-            v = row[name]
-            row[name] = f"{v:,.0f} ({v / base[name]:.2f}x)"
-    return rows
+            v, ref = rates[(label, name)], rates[(options[0][0], name)]
+            row[name] = f"{v:,.0f} ({v / ref:.2f}x)"
+        rows.append(row)
+    return rows, base
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median)")
+    parser.add_argument("--rounds", type=int, default=3, help="round-robin rounds, each with a fresh model")
+    parser.add_argument("--repeats", type=int, default=2, help="timed blocks per measurement and round")
     parser.add_argument("--images-per-repeat", type=int, default=1536)
     parser.add_argument("--train-images", type=int, default=8192, help="images the batches are drawn from")
     parser.add_argument("--skip-cpu-options", action="store_true")
@@ -266,15 +305,16 @@ def main() -> int:
     t0 = time.perf_counter()
     print(f"# Training speed ({started}; {machine()})\n", flush=True)
     rows, notes = seed_table(args, device)
-    cpu_rows = [] if args.skip_cpu_options or device.type != "cpu" else cpu_options_table(args, device)
+    cpu_rows, base = ([], 0) if args.skip_cpu_options or device.type != "cpu" else cpu_options_table(args, device)
     minutes = (time.perf_counter() - t0) / 60
     load_after = os.getloadavg()[0]
     rec = recommended(device)
     rec_text = ", ".join(f"{k}={v}" for k, v in rec.items() if v) or "none"
     body = [
         f"Measured by `benchmarks/bench_speed.py` on {started}: {machine()}; device `{device.type}`; "
-        f"medians of {args.repeats} timed blocks of ~{args.images_per_repeat:,} images after untimed warm-up "
-        f"steps; all columns of a row in one process on the same images. 1-minute load average "
+        f"medians over {args.rounds} round-robin rounds (each a fresh model and seed) of {args.repeats} timed blocks "
+        f"of ~{args.images_per_repeat:,} images after untimed warm-up steps; all columns of a table in one process, "
+        "on the same images, measured in turn so that slow drifts of the machine hit all of them alike. 1-minute load average "
         f"{load_before:.1f} before and {load_after:.1f} after the {minutes:.0f}-minute run (2.0 = both cores busy "
         f"with this benchmark alone). {interference_note()}",
         "",
@@ -287,13 +327,16 @@ def main() -> int:
         "**(waiting for data)** is its share of time spent in the DataLoader.",
         "* **fit, same batch**: `cu.fit`'s training step with its defaults on this device "
         "(`cu.measure_throughput`); **fit itself**: `cu.fit`'s own epoch timer, same batch, as a cross-check.",
-        f"* **fit, recommended**: {rec_text}, at the fastest of the seed's batch, 128 and 256.",
+        f"* **fit, recommended**: {rec_text} (chapter 05's settings for this device), at the fastest of the "
+        "seed's batch, 128 and 256.",
         *[f"* {n}" for n in notes],
     ]
     if cpu_rows:
         body += ["", "### cu.fit options on this CPU", "",
-                 "One change at a time from `cu.fit`'s CPU defaults (float32, NCHW layout, batch 128, AdamW), "
-                 "images/s and the ratio to the default, same run:", "", md_table(cpu_rows)]
+                 "One change at a time from `cu.fit`'s CPU defaults (float32, NCHW layout, AdamW) at the "
+                 f"course's recipe batch ({base}, `RECOMMENDED_TRAINING`); images/s and the ratio to the "
+                 "defaults, same run (`fused AdamW` is `fit`'s training step with `AdamW(fused=True)`, which "
+                 "`fit` uses only on CUDA today):", "", md_table(cpu_rows)]
     text = "\n".join(body)
     print("\n" + text)
     if args.readme:

@@ -20,7 +20,7 @@ from .training import History, check_model_fits, fit, fit_classifier, load_check
 __version__ = "0.1.0"
 from .experiments import Comparison, code_size, compare_models
 from .inspect import feature_maps, layer_table, receptive_field
-from .speed import (Throughput, fit_tutorial_style, fit_with_batch_fallback, improvement_ladder, matmul_flops, measure_throughput, peak_memory_by_batch_size, speedup_table, training_flops, tutorial_transform)
+from .speed import (Throughput, fit_tutorial_style, fit_with_batch_fallback, improvement_ladder, interleave, matmul_flops, measure_throughput, peak_memory_by_batch_size, speedup_table, training_flops, tutorial_transform)
 from .upsampling import edge_map, error_map, fold_tiles, grid_contrast, grid_tile, overlap_map, upsampling_layer
 from .downsampling import influence_map, plot_receptive_fields, plot_shift_sensitivity, shift_images, shift_sensitivity
 from .bottleneck import (bottleneck_map, code_shape, compression_table, gradient_energy, pca_curve, plot_code_size_curve, spatial_code_size, sweep_code_sizes)

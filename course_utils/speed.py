@@ -12,7 +12,7 @@ import dataclasses
 import gc
 import statistics
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -152,6 +152,64 @@ def _endless_batches(batches: DeviceBatches) -> Iterator[torch.Tensor]:
         epoch += 1
 
 
+class _FitSteps:
+    """`fit`'s training step on resident uint8 batches, run in timed blocks (state kept between blocks)."""
+
+    def __init__(self, model: nn.Module, data: ImageData, batch_size: int, *, device: torch.device,
+                 lr: float = 1e-3, optimizer: str = "adam", amp: bool | str = False, channels_last: bool = False,
+                 fused: bool = False, compile: bool = False, value_range: tuple[float, float] | None = None,
+                 seed: int = 0):
+        optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+        if optimizer not in optimizers:
+            raise CourseError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}.")
+        self.device, self.batch_size = device, batch_size
+        value_range = tuple(value_range or model_value_range(model))
+        self.amp_dtype = _amp_dtype(amp, device)
+        batches = DeviceBatches(data, batch_size, device, shuffle=True, value_range=value_range, drop_last=True,
+                                seed=seed, channels_last=channels_last)
+        model.to(device).train()
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.opt = optimizers[optimizer](model.parameters(), lr=lr, **({"fused": True} if fused else {}))
+        self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
+        self.model = torch.compile(model) if compile else model
+        self.source = _endless_batches(batches)
+        self.losses: list[torch.Tensor] = []  # stay on the device; read once at the end
+        self.settings = {"loop": "fit", "optimizer": optimizer, "lr": lr,
+                         "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else None,
+                         "channels_last": channels_last, "fused": fused, "compile": compile,
+                         "value_range": list(value_range), "batch_size": batch_size}
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        if self.amp_dtype is not None:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype):
+                out = self.model(x)
+        else:
+            out = self.model(x)
+        loss = nn.functional.mse_loss(out.float(), x)
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.opt.step()
+        return loss.detach()
+
+    def run(self, steps: int) -> float:
+        """Run ``steps`` training steps; return their wall-clock seconds (GPU work included)."""
+        _sync(self.device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.losses.append(self.step(next(self.source)))
+        _sync(self.device)
+        return time.perf_counter() - t0
+
+    def loss_values(self) -> list[float]:
+        return torch.stack(self.losses).cpu().tolist() if self.losses else []
+
+
 def measure_throughput(model: nn.Module, data: ImageData, batch_size: int, *, steps: int = 20,
                        warmup: int = 3, repeats: int = 3, device: torch.device | str | None = None,
                        lr: float = 1e-3, optimizer: str = "adam", amp: bool | str = False,
@@ -167,59 +225,37 @@ def measure_throughput(model: nn.Module, data: ImageData, batch_size: int, *, st
     if steps <= 0 or repeats <= 0 or warmup < 0:
         raise CourseError(f"Need steps >= 1, repeats >= 1 and warmup >= 0; got {steps}, {repeats}, {warmup}.")
     device = torch.device(device) if device is not None else get_device()
-    value_range = tuple(value_range or model_value_range(model))
-    amp_dtype = _amp_dtype(amp, device)
-    batches = DeviceBatches(data, batch_size, device, shuffle=True, value_range=value_range, drop_last=True,
-                            seed=seed, channels_last=channels_last)
-    model.to(device).train()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    options = {"lr": lr, **({"fused": True} if fused else {})}
-    optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-    if optimizer not in optimizers:
-        raise CourseError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}.")
-    opt = optimizers[optimizer](model.parameters(), **options)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    run_model = torch.compile(model) if compile else model
+    runner = _FitSteps(model, data, batch_size, device=device, lr=lr, optimizer=optimizer, amp=amp,
+                       channels_last=channels_last, fused=fused, compile=compile, value_range=value_range, seed=seed)
+    warmup_seconds = runner.run(warmup) if warmup else 0.0
+    seconds = [runner.run(steps) for _ in range(repeats)]
+    rates = [steps * batch_size / t for t in seconds]
+    return Throughput(statistics.median(rates), rates, batch_size, steps * batch_size * repeats, sum(seconds),
+                      runner.loss_values(), warmup_seconds, None, runner.settings)
 
-    def step(x: torch.Tensor) -> torch.Tensor:
-        if amp_dtype is not None:
-            with torch.autocast(device.type, dtype=amp_dtype):
-                out = run_model(x)
-        else:
-            out = run_model(x)
-        loss = nn.functional.mse_loss(out.float(), x)
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
-        return loss.detach()
 
-    source = _endless_batches(batches)
-    losses = torch.zeros(warmup + steps * repeats, device=device)  # filled on the device, read once
-    t_start = time.perf_counter()
-    for i in range(warmup):
-        losses[i] = step(next(source))
-    _sync(device)
-    warmup_seconds = time.perf_counter() - t_start
-    rates, seconds_total = [], 0.0
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        for i in range(steps):
-            losses[warmup + r * steps + i] = step(next(source))
-        _sync(device)
-        seconds = time.perf_counter() - t0
-        rates.append(steps * batch_size / seconds)
-        seconds_total += seconds
-    settings = {"loop": "fit", "optimizer": optimizer, "lr": lr, "amp": str(amp_dtype).replace("torch.", "")
-                if amp_dtype else None, "channels_last": channels_last, "fused": fused, "compile": compile,
-                "value_range": list(value_range)}
-    return Throughput(statistics.median(rates), rates, batch_size, steps * batch_size * repeats, seconds_total,
-                      losses.cpu().tolist(), warmup_seconds, None, settings)
+def interleave(jobs: Mapping[str, Callable[[int], Throughput]], rounds: int = 3) -> dict[str, Throughput]:
+    """Run each job once per round, taking turns, and merge its measurements; return one Throughput per job.
+
+    Each job is called with the round number (use it as a seed) and returns a Throughput.
+    Taking turns means a slow drift of the machine (another program starting, the CPU
+    clocking down) hits every contender alike, which back-to-back measurements cannot promise.
+    """
+    if rounds <= 0:
+        raise CourseError(f"rounds must be at least 1, got {rounds}.")
+    runs: dict[str, list[Throughput]] = {name: [] for name in jobs}
+    for r in range(rounds):
+        for name, job in jobs.items():
+            runs[name].append(job(r))
+    merged = {}
+    for name, rs in runs.items():
+        rates = [v for t in rs for v in t.rates]
+        fractions = [t.data_fraction for t in rs if t.data_fraction is not None]
+        merged[name] = Throughput(statistics.median(rates), rates, rs[0].batch_size, sum(t.images for t in rs),
+                                  sum(t.seconds for t in rs), [v for t in rs for v in t.losses],
+                                  sum(t.warmup_seconds for t in rs),
+                                  statistics.median(fractions) if fractions else None, rs[0].settings)
+    return merged
 
 
 LADDER_OPTIONS = ("batch_size", "channels_last", "amp", "fused", "compile", "optimizer")
@@ -233,13 +269,15 @@ def improvement_ladder(build_model, data: ImageData, changes: Sequence[tuple[str
 
     ``changes`` is a list of (name, settings) where settings holds some of batch_size,
     channels_last, amp, fused, compile, optimizer (the first must give batch_size), or a
-    string saying why the change does not apply here. A change that is not faster than the
-    best so far is dropped: later rows run without it. Every row starts from a fresh
-    ``build_model()`` under the same seed.
+    string saying why the change does not apply here. Each candidate (a fresh
+    ``build_model()`` under the same seed) is timed in blocks that alternate with blocks of
+    the best setup so far, so both see the same machine; it is kept only if its median is
+    higher, and later rows build on the kept settings.
     """
+    device = torch.device(device) if device is not None else get_device()
     results: dict[str, Throughput | str] = {}
     kept: dict = {}
-    best = 0.0
+    best: _FitSteps | None = None
     for name, change in changes:
         if isinstance(change, str):
             results[name] = change
@@ -253,11 +291,18 @@ def improvement_ladder(build_model, data: ImageData, changes: Sequence[tuple[str
         if "batch_size" not in settings:
             raise CourseError("The first change of a ladder must set batch_size.")
         bs = settings["batch_size"]
+        steps = max(2, images_per_repeat // bs)
         torch.manual_seed(seed)
         try:
-            r = measure_throughput(build_model(), data, bs, steps=max(2, images_per_repeat // bs), warmup=warmup,
-                                   repeats=repeats, device=device, lr=lr, seed=seed,
-                                   **{k: v for k, v in settings.items() if k != "batch_size"})
+            candidate = _FitSteps(build_model(), data, bs, device=device, lr=lr, seed=seed,
+                                  **{k: v for k, v in settings.items() if k != "batch_size"})
+            warmup_seconds = candidate.run(warmup) if warmup else 0.0
+            rates, best_rates = [], []
+            for _ in range(repeats):
+                if best is not None:
+                    b_steps = max(2, images_per_repeat // best.batch_size)
+                    best_rates.append(b_steps * best.batch_size / best.run(b_steps))
+                rates.append(steps * bs / candidate.run(steps))
         except CourseError:
             raise
         except Exception as e:  # e.g. torch.compile without a working C++ compiler
@@ -265,17 +310,21 @@ def improvement_ladder(build_model, data: ImageData, changes: Sequence[tuple[str
             if verbose:
                 print(f"{name:34s} {results[name]}")
             continue
-        r.settings["batch_size"] = bs
-        if r.images_per_second > best:
-            r.note = "kept" if not best else f"kept: +{r.images_per_second / best - 1:.0%} over the best before"
-            kept, best = settings, r.images_per_second
+        r = Throughput(statistics.median(rates), rates, bs, steps * bs * repeats, steps * bs * repeats /
+                       statistics.mean(rates), candidate.loss_values(), warmup_seconds, None, candidate.settings)
+        if best is None:
+            r.note = "kept"
         else:
-            r.note = f"dropped: {1 - r.images_per_second / best:.0%} slower than the best before"
+            ratio = r.images_per_second / statistics.median(best_rates)
+            r.note = (f"kept: +{ratio - 1:.0%} vs the best so far" if ratio > 1 else
+                      f"dropped: {1 - ratio:.0%} slower than the best so far")
+        if best is None or r.note.startswith("kept"):
+            kept, best = settings, candidate
         if r.warmup_seconds > 5:
             r.note += f" (warm-up {r.warmup_seconds:.0f} s)"
         results[name] = r
         if verbose:
-            print(f"{name:34s} {r.images_per_second:8,.0f} images/s  {r.note}")
+            print(f"{name:34s} {r.images_per_second:8,.0f} images/s  {r.note}", flush=True)
     return results, kept
 
 

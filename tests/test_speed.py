@@ -178,21 +178,51 @@ def test_improvement_ladder_keeps_only_what_helps(fashion, monkeypatch):
     """With known rates: a slower change is dropped and later rows are measured without it."""
     rate = {(64, False, False): 100.0, (256, False, False): 150.0, (256, True, False): 120.0,
             (256, False, True): 180.0}
-    seen = []
+    built, timed = [], []
 
-    def fake(model, data, batch_size, **kw):
-        key = (batch_size, kw.get("channels_last", False), kw.get("fused", False))
-        seen.append(key)
-        return speed.Throughput(rate[key], [rate[key]], batch_size, batch_size, 1.0, [], settings=dict(kw))
+    class FakeSteps:
+        def __init__(self, model, data, batch_size, **kw):
+            self.batch_size = batch_size
+            self.key = (batch_size, kw.get("channels_last", False), kw.get("fused", False))
+            self.settings = {**kw, "batch_size": batch_size}
+            built.append(self.key)
 
-    monkeypatch.setattr(speed, "measure_throughput", fake)
+        def run(self, steps):
+            timed.append(self.key)
+            return steps * self.batch_size / rate[self.key]
+
+        def loss_values(self):
+            return []
+
+    monkeypatch.setattr(speed, "_FitSteps", FakeSteps)
     results, kept = speed.improvement_ladder(
         cu.KapilshAutoencoder, fashion, [("64", {"batch_size": 64}), ("256", {"batch_size": 256}),
                                          ("cl", {"channels_last": True}), ("fused", {"fused": True})],
-        device="cpu", verbose=False)
-    assert seen == [(64, False, False), (256, False, False), (256, True, False), (256, False, True)]
+        device="cpu", verbose=False, repeats=2, warmup=1)
+    assert built == [(64, False, False), (256, False, False), (256, True, False), (256, False, True)]
+    # each candidate's blocks alternate with blocks of the best setup so far
+    assert timed[3:8] == [(256, False, False), (64, False, False), (256, False, False), (64, False, False),
+                          (256, False, False)]
     assert results["cl"].note.startswith("dropped: 20% slower")
     assert results["fused"].note.startswith("kept: +20%")
     assert kept == {"batch_size": 256, "fused": True}
     table = speed.speedup_table(results)
     assert table.loc["fused", "x 64"] == 1.8 and table.loc["cl", "note"].startswith("dropped")
+
+
+def test_interleave_takes_turns_and_merges():
+    calls = []
+
+    def job(name, value):
+        def run(r):
+            calls.append((name, r))
+            return speed.Throughput(value + r, [value + r, value + r + 10], 32, 64, 1.0, [0.5], 0.1, 0.2)
+        return run
+
+    merged = speed.interleave({"a": job("a", 100.0), "b": job("b", 200.0)}, rounds=3)
+    assert calls == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+    assert merged["a"].rates == [100, 110, 101, 111, 102, 112]
+    assert merged["a"].images_per_second == 106.0 and merged["b"].images_per_second == 206.0
+    assert merged["a"].images == 192 and merged["a"].losses == [0.5] * 3 and merged["a"].data_fraction == 0.2
+    with pytest.raises(cu.CourseError):
+        speed.interleave({"a": job("a", 1.0)}, rounds=0)
