@@ -97,6 +97,37 @@ CANDIDATES: dict[str, tuple[Callable, dict]] = {
 }
 
 
+def uva_tutorial9_model(latent: int, c: int = 32) -> torch.nn.Module:
+    """Return UvA DL tutorial 9's CIFAR-10 autoencoder (rebuilt here only to count its FLOPs)."""
+    from torch import nn
+    act = nn.GELU
+    encoder = nn.Sequential(
+        nn.Conv2d(3, c, 3, padding=1, stride=2), act(),  # 32x32 => 16x16
+        nn.Conv2d(c, c, 3, padding=1), act(),  # 16x16 => 16x16
+        nn.Conv2d(c, 2 * c, 3, padding=1, stride=2), act(),  # 16x16 => 8x8
+        nn.Conv2d(2 * c, 2 * c, 3, padding=1), act(),  # 8x8 => 8x8
+        nn.Conv2d(2 * c, 2 * c, 3, padding=1, stride=2), act(),  # 8x8 => 4x4
+        nn.Flatten(), nn.Linear(2 * 16 * c, latent))  # 2c x 4 x 4 => latent
+    decoder = nn.Sequential(
+        nn.Linear(latent, 2 * 16 * c), act(), nn.Unflatten(1, (2 * c, 4, 4)),  # latent => 2c x 4 x 4
+        nn.ConvTranspose2d(2 * c, 2 * c, 3, output_padding=1, padding=1, stride=2), act(),  # 4x4 => 8x8
+        nn.Conv2d(2 * c, 2 * c, 3, padding=1), act(),  # 8x8 => 8x8
+        nn.ConvTranspose2d(2 * c, c, 3, output_padding=1, padding=1, stride=2), act(),  # 8x8 => 16x16
+        nn.Conv2d(c, c, 3, padding=1), act(),  # 16x16 => 16x16
+        nn.ConvTranspose2d(c, 3, 3, output_padding=1, padding=1, stride=2), nn.Tanh())  # 16x16 => 32x32
+    return nn.Sequential(encoder, decoder)
+
+
+def compute_comparison(latent: int, train_images: int, epochs: int) -> str:
+    """Return a line comparing the training compute of UvA tutorial 9 (500 epochs of 45k) with ours."""
+    theirs = cu.flops_per_image(uva_tutorial9_model(latent), (3, 32, 32))
+    ours = cu.flops_per_image(cu.recommended_autoencoder((3, 32, 32), latent), (3, 32, 32))
+    t_total, o_total = theirs * 45_000 * 500, ours * train_images * epochs
+    return (f"training compute at latent {latent}: UvA tutorial 9 {theirs / 1e6:.1f} MFLOP/image x 45,000 x 500 "
+            f"epochs = {t_total / 1e15:.2f} PFLOP; recommended {ours / 1e6:.1f} MFLOP/image x {train_images:,} x "
+            f"{epochs} epochs = {o_total / 1e15:.4f} PFLOP ({t_total / o_total:,.0f}x less)")
+
+
 def machine_line() -> str:
     """Return one line naming the CPU, core count, torch version and date."""
     cpu = platform.processor() or ""
@@ -171,6 +202,39 @@ def median_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
+def speed_table(args, train, latents, batch_sizes=(32, 128), rounds: int = 3, images: int = 2048) -> int:
+    """Print cu.fit's training images/s per candidate and batch size: interleaved rounds, medians."""
+    data = train.subset(images, seed=0)
+    jobs = {}
+    for latent in latents:
+        for name in args.candidates:
+            for bs in batch_sizes:
+                cu.seed_everything(0)
+                jobs[(name, latent, bs)] = CANDIDATES[name][0](train.image_shape, latent, args.bottleneck)
+    rates: dict[tuple, list[float]] = {key: [] for key in jobs}
+    loads = []
+    for _ in range(rounds + 1):  # the first round warms up (thread pools, allocator) and is not kept
+        loads.append(os.getloadavg()[0])
+        for (name, latent, bs), model in jobs.items():
+            h = cu.fit(model, data, epochs=1, batch_size=bs, progress=False, device="cpu", schedule=None, lr=1e-4)
+            rates[(name, latent, bs)].append(h.last["images_per_second"])
+    print(f"# cu.fit images/s on {len(data):,} {args.dataset} images per measurement; median of {rounds} "
+          f"interleaved rounds after one warm-up round; 1-minute load average {min(loads):.1f}-{max(loads):.1f}")
+    print("| model | code | MFLOP/img (train step) | " + " | ".join(f"img/s, batch {b}" for b in batch_sizes) + " |")
+    print("|---|---:|---:|" + "---:|" * len(batch_sizes))
+    for latent in latents:
+        for name in args.candidates:
+            model = jobs[(name, latent, batch_sizes[0])]
+            cells = []
+            for bs in batch_sizes:
+                kept = rates[(name, latent, bs)][1:]
+                cells.append(f"{statistics.median(kept):,.0f} ({min(kept):,.0f}-{max(kept):,.0f})")
+            print(f"| {name}{' [spatial]' if args.bottleneck == 'spatial' and not name.endswith('spatial') else ''} "
+                  f"| {getattr(model, 'code_size', latent)} | {cu.flops_per_image(model, train.image_shape) / 1e6:.1f} "
+                  f"| {' | '.join(cells)} |")
+    return 0
+
+
 def long_run_chunk(args, train, test, epochs: int, overrides: dict, machine: str, command: str) -> int:
     """Train ``--chunk-epochs`` more epochs of a long run kept in ``--checkpoint``; score and record it."""
     if len(args.candidates) != 1 or len(args.latents or []) != 1 or len(args.seeds) != 1:
@@ -229,6 +293,10 @@ def report(path: Path, dataset: str) -> int:
         print(f"#   {name} code {latent}: {len(rs)} seed(s), {n:,} train images x {epochs} epochs, {settings}")
     for m in sorted({r["machine"] for r in records}):
         print(f"# machine: {m}")
+    if dataset == "cifar10":
+        nets = [r for r in records if "parameters" in r and r["candidate"] == "recommended"]
+        if nets:
+            print(f"# {compute_comparison(256, nets[0]['train_images'], nets[0]['epochs'])}")
     print(markdown(dataset, list(pca.values()) + median_rows([r for rs in groups.values() for r in rs])))
     return 0
 
@@ -262,7 +330,8 @@ def main() -> int:
     parser.add_argument("--dataset", default="cifar10", choices=["cifar10", "fashion-mnist"])
     parser.add_argument("--latents", type=int, nargs="+", default=None,
                         help="code sizes (default: 64 128 256 384 for CIFAR-10, 196 for Fashion-MNIST)")
-    parser.add_argument("--candidates", nargs="+", default=["recommended"], choices=sorted(CANDIDATES))
+    parser.add_argument("--candidates", nargs="*", default=["recommended"], choices=sorted(CANDIDATES),
+                        help="models to train (none: only --pca)")
     parser.add_argument("--profile", default="laptop", help="sizes train subset, epochs (default laptop)")
     parser.add_argument("--train-images", type=int, default=None, help="override the profile's train size")
     parser.add_argument("--test-images", type=int, default=None, help="default: the whole test split")
@@ -281,6 +350,9 @@ def main() -> int:
                         help="long run in chunks: resume from / save to this file (one candidate, latent, seed)")
     parser.add_argument("--chunk-epochs", type=int, default=None,
                         help="with --checkpoint: train this many more epochs, score, save and stop")
+    parser.add_argument("--speed", action="store_true",
+                        help="train nothing to the end: cu.fit images/s of each candidate, batch 32 and 128, "
+                             "interleaved rounds, medians")
     parser.add_argument("--report", type=Path, default=None,
                         help="train nothing: print the medians of the records in this JSON-lines file")
     args = parser.parse_args()
@@ -302,6 +374,8 @@ def main() -> int:
     full, train, test = load(args.dataset, train_images, args.test_images, seed=0)
     print(f"# data: {args.dataset}, train {len(train):,} of {len(full):,}, test {len(test):,}, "
           f"{epochs} epochs, settings {dict(cu.RECOMMENDED_TRAINING, **overrides)}", flush=True)
+    if args.speed:
+        return speed_table(args, train, latents)
     if args.checkpoint is not None:
         return long_run_chunk(args, train, test, epochs, overrides, machine, command)
     rows = pca_rows(args.dataset, full, train, test, latents) if args.pca else []

@@ -30,6 +30,7 @@ class TimedClient(NotebookClient):
 
     async def async_execute_cell(self, cell, cell_index, *args, **kwargs):
         t0 = time.perf_counter()
+        self.current_cell = cell_index  # so a failure can name its cell
         result = await super().async_execute_cell(cell, cell_index, *args, **kwargs)
         if cell.cell_type == "code":
             first = (cell.source.strip().splitlines() or [""])[0][:60]
@@ -48,7 +49,11 @@ def run(path: Path, profile: str, write: bool, timeout: int) -> dict:
     try:
         client.execute()
     except Exception as e:  # report and go on with the next notebook
-        error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if getattr(e, "ename", None):  # a cell raised: name the cell and the learner-facing error
+            where = f" in cell [{client.current_cell}]" if hasattr(client, "current_cell") else ""
+            error = f"{e.ename}{where}: {str(getattr(e, 'evalue', '')).splitlines()[0][:300] if e.evalue else ''}"
+        else:
+            error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     seconds = time.perf_counter() - t0
     if write and error is None:
         nbformat.write(nb, path)

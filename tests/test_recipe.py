@@ -128,3 +128,33 @@ def test_quality_benchmark_runs_end_to_end_and_records_every_run(tmp_path):
     report = subprocess.run(cmd[:2] + ["--dataset", "fashion-mnist", "--report", str(out)],
                             capture_output=True, text=True, timeout=120)
     assert report.returncode == 0 and "| recommended-spatial | 196 |" in report.stdout
+
+
+# --------------------------------------------------------------------------- course run-time benchmark
+def _notebook(path: Path, *sources: str) -> Path:
+    import nbformat
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_course_runtime_benchmark_times_notebooks_in_the_profile_and_flags_failures(tmp_path):
+    good = _notebook(tmp_path / "01_good.ipynb", "import os",
+                     "assert os.environ['COURSE_PROFILE'] == 'laptop'  # the profile reaches the kernel",
+                     "import time; time.sleep(0.5)")
+    bad = _notebook(tmp_path / "02_bad.ipynb", "raise ValueError('broken chapter')")
+    before = good.read_bytes()
+    out = tmp_path / "runtime.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_course_runtime.py"), "--profile", "laptop",
+           "--json", str(out), str(good)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    (record,) = result["records"]
+    assert record["error"] is None and record["profile"] == "laptop" and result["missed"] == []
+    assert record["slowest_cell_seconds"] >= 0.5 and "time.sleep" in record["slowest_cell"]
+    assert good.read_bytes() == before  # outputs are not written
+    failed = subprocess.run(cmd[:-1] + [str(bad)], capture_output=True, text=True, timeout=300)
+    missed = json.loads(out.read_text())["missed"]
+    assert failed.returncode == 1 and missed == ["02_bad.ipynb failed: ValueError in cell [0]: broken chapter"]
