@@ -99,7 +99,7 @@ CATEGORIES = [
                              "_slow_conv", "thnn_conv")),
     ("Linear (mm, addmm)", ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul")),
     ("activations", ("relu", "threshold_backward", "clamp_min", "gelu", "sigmoid", "silu", "tanh")),
-    ("optimizer", ("lerp", "addcdiv", "addcmul", "sqrt", "_foreach", "Optimizer", "mul_", "div", "add_",
+    ("optimizer", ("lerp", "addcdiv", "addcmul", "sqrt", "_foreach", "_fused_adam", "Optimizer", "mul_", "div", "add_",
                    "maximum", "pow", "reciprocal", "zero_", "fill_")),
     ("copies and layout changes", ("copy_", "contiguous", "clone", "_to_copy", "aten::to", "reorder",
                                    "as_strided", "empty_like")),
