@@ -207,6 +207,7 @@ class _FitSteps:
         return time.perf_counter() - t0
 
     def loss_values(self) -> list[float]:
+        """Return every step's loss so far as floats (one host sync)."""
         return torch.stack(self.losses).cpu().tolist() if self.losses else []
 
 
@@ -297,12 +298,13 @@ def improvement_ladder(build_model, data: ImageData, changes: Sequence[tuple[str
             candidate = _FitSteps(build_model(), data, bs, device=device, lr=lr, seed=seed,
                                   **{k: v for k, v in settings.items() if k != "batch_size"})
             warmup_seconds = candidate.run(warmup) if warmup else 0.0
-            rates, best_rates = [], []
+            seconds, best_rates = [], []
             for _ in range(repeats):
                 if best is not None:
                     b_steps = max(2, images_per_repeat // best.batch_size)
                     best_rates.append(b_steps * best.batch_size / best.run(b_steps))
-                rates.append(steps * bs / candidate.run(steps))
+                seconds.append(candidate.run(steps))
+            rates = [steps * bs / t for t in seconds]
         except CourseError:
             raise
         except Exception as e:  # e.g. torch.compile without a working C++ compiler
@@ -310,8 +312,8 @@ def improvement_ladder(build_model, data: ImageData, changes: Sequence[tuple[str
             if verbose:
                 print(f"{name:34s} {results[name]}")
             continue
-        r = Throughput(statistics.median(rates), rates, bs, steps * bs * repeats, steps * bs * repeats /
-                       statistics.mean(rates), candidate.loss_values(), warmup_seconds, None, candidate.settings)
+        r = Throughput(statistics.median(rates), rates, bs, steps * bs * repeats, sum(seconds),
+                       candidate.loss_values(), warmup_seconds, None, candidate.settings)
         if best is None:
             r.note = "kept"
         else:
