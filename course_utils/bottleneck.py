@@ -139,14 +139,18 @@ def plot_code_size_curve(curves: Mapping[str, Mapping[int, Mapping[str, float]]]
         sizes = sorted(curve)
         for ax, metric in zip(axes, ("mse", "psnr")):
             ax.plot(sizes, [curve[k][metric] for k in sizes], style, label=name)
+    ticks = sorted(next(iter(curves.values()), {}))  # label the first method's sizes
     for ax, metric in zip(axes, ("mse", "psnr")):
         ax.set_xscale("log")
+        ax.set_xticks(ticks, [str(k) for k in ticks])
+        ax.xaxis.set_minor_locator(plt.NullLocator())
         ax.set_xlabel("code size (values per image, log scale)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
         if image_values:
-            top = ax.secondary_xaxis("top", functions=(lambda k: image_values / np.maximum(k, 1e-9),
-                                                       lambda r: image_values / np.maximum(r, 1e-9)))
+            top = ax.secondary_xaxis("top")
+            top.set_xticks(ticks, [f"{image_values / k:.3g}x" for k in ticks])
+            top.xaxis.set_minor_locator(plt.NullLocator())
             top.set_xlabel("compression ratio (input values / code size)")
     axes[0].set_ylabel("test MSE per value (log scale, lower is better)")
     axes[0].set_yscale("log")
