@@ -6,7 +6,7 @@ Split by role: ``environment`` (device, seeds, profiles), ``data`` (loading, pac
 """
 from .data import (DATASETS, DeviceBatches, ImageData, ImageDataset, data_root, load_dataset,
                    load_image_folder, pack_path, read_pack, resize_images, to_float, to_uint8, write_pack)
-from .environment import PROFILES, Profile, describe_setup, get_device, get_profile, in_colab, seed_everything
+from .environment import PROFILES, Profile, cpu_name, describe_setup, get_device, get_profile, in_colab, seed_everything
 from .errors import CheckpointError, CorruptPackError, CourseError, DataNotFoundError, TrainingDivergedError
 from .metrics import accuracy, embed_images, evaluate, pca_baseline, per_image_errors, psnr_from_mse, reconstruct
 from .models import (SEED_MODELS, ConvClassifier, AnothertechsAutoencoder, ConvAutoencoder, ConvDecoder, ConvEncoder,

@@ -88,3 +88,16 @@ def describe_setup(profile: Profile | None = None, device: torch.device | None =
         where += f" ({torch.cuda.get_device_name(device)})"
     return (f"profile={profile.name} ({profile.description}); device={where}; "
             f"torch {torch.__version__}; {torch.get_num_threads()} CPU threads")
+
+
+def cpu_name() -> str:
+    """Return the processor's model name (from /proc/cpuinfo where there is one)."""
+    import platform
+    from pathlib import Path
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"

@@ -151,3 +151,11 @@ def test_feature_maps_by_layer(fashion_test):
     model = cu.ConvClassifier(1, 10, (8, 16, 32))
     maps = cu.feature_maps(model, fashion_test.images[:3].float() / 255)
     assert [tuple(m.shape) for m in maps.values()] == [(3, 8, 28, 28), (3, 16, 14, 14), (3, 32, 7, 7)]
+
+
+def test_cpu_name_reads_the_model_name():
+    from pathlib import Path
+    name = cu.cpu_name()
+    assert isinstance(name, str) and name
+    if Path("/proc/cpuinfo").is_file() and "model name" in Path("/proc/cpuinfo").read_text():
+        assert name in Path("/proc/cpuinfo").read_text()
