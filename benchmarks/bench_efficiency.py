@@ -390,8 +390,9 @@ def main() -> int:
         f"{bs} the least efficient layers run far below the matmul rate, "
         + ", ".join(f"`{r['layer']}` ({r['type']}, input {r['input']}, {r['GFLOP/s']:.0f} GFLOP/s)"
                     for r in slowest)
-        + ": a 3-channel input or output gives the kernels little to vectorise over, and small maps leave "
-        "little work per call to amortise each call's fixed cost. channels_last lets oneDNN run its NHWC "
+        + ": a 3-channel input or output gives the kernels little to vectorise over, small maps leave "
+        "little work per call to amortise each call's fixed cost, and at a small batch the Linear layers "
+        "multiply matrices only a batch tall. channels_last lets oneDNN run its NHWC "
         "convolution kernels directly instead of converting activations to and from its own blocked layout; "
         "bf16 halves the bytes moved and uses the CPU's bf16 dot-product instructions; the fused optimizer "
         "replaces several small element-wise kernels per parameter tensor by one pass. Larger batches amortise per-call costs further but change "
