@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import statistics
 import sys
 import time
@@ -57,14 +56,7 @@ SKIPPED = {"anothertechs": "skipped: 263M parameters (two 131,072 x 1,000 Linear
 
 def machine() -> str:
     """Return one line describing this machine and software."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cu.cpu_name()
     if torch.cuda.is_available():
         cpu += f"; GPU {torch.cuda.get_device_name()}"
     return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "

@@ -321,6 +321,7 @@ def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: Image
                 if due_ckpt and b + 1 < n_batches:
                     save_checkpoint(checkpoint, model, opt, sched, scaler, epoch, b + 1, step, config, history)
                 if stop_after_steps is not None and step >= stop_after_steps and b + 1 < n_batches:
+                    history.step_losses.extend(losses[checked:b + 1].cpu().tolist())  # not yet checked
                     return history  # (at an epoch's last batch, finish the epoch's record and save first)
             seconds = time.perf_counter() - t0
             epoch_losses = history.step_losses[epoch_first_step:]
