@@ -232,10 +232,6 @@ def long_run_chunk(args, train, test, epochs: int, overrides: dict, machine: str
     if len(args.candidates) != 1 or len(args.latents or []) != 1 or len(args.seeds) != 1:
         raise SystemExit("--checkpoint needs exactly one --candidates, one --latents and one --seeds value.")
     name, latent, seed = args.candidates[0], args.latents[0], args.seeds[0]
-    # After a few thousand steps, Adam's first moments of parameters whose gradient is zero (dead
-    # ReLU units) decay into denormal floats, which x86 CPUs process ~10x slower: epochs 4-5 of this
-    # run took 8-13x longer than epochs 1-3 until denormals were flushed to zero.
-    torch.set_flush_denormal(True)
     build, settings = CANDIDATES[name]
     recipe = {**cu.RECOMMENDED_TRAINING, **settings, **overrides}
     done = 0
