@@ -15,12 +15,14 @@ from .models import (SEED_MODELS, ConvClassifier, AnothertechsAutoencoder, ConvA
                      flops_per_image, make_activation, recommended_autoencoder, transposed_padding,
                      RECOMMENDED_TRAINING)
 from .plots import plot_comparison, plot_losses, results_table, show_feature_maps, show_images, show_reconstructions
-from .training import History, check_model_fits, fit, fit_classifier, load_checkpoint, save_checkpoint
+from .training import History, check_model_fits, fit, fit_classifier, fit_with_batch_fallback, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
 from .experiments import Comparison, code_size, compare_models
 from .inspect import feature_maps, layer_table, receptive_field
-from .speed import (Throughput, fit_tutorial_style, fit_with_batch_fallback, improvement_ladder, interleave, matmul_flops, measure_throughput, peak_memory_by_batch_size, speedup_table, training_flops, tutorial_transform)
+from .timing import Throughput, TimedSteps, interleave, matmul_flops, measure_throughput, speedup_table, training_flops
+from .chapters.ch05_fast_training import fit_tutorial_style, improvement_ladder, peak_memory_by_batch_size, tutorial_transform
+from .engine import TrainStep, cpu_has_native_bf16, eval_mode, resolve_amp
 from .upsampling import edge_map, error_map, fold_tiles, grid_contrast, grid_tile, overlap_map, upsampling_layer
 from .downsampling import influence_map, plot_receptive_fields, plot_shift_sensitivity, shift_images, shift_sensitivity
 from .bottleneck import (bottleneck_map, code_shape, compression_table, gradient_energy, pca_curve, plot_code_size_curve, spatial_code_size, sweep_code_sizes)

@@ -16,7 +16,6 @@ import dataclasses
 import gzip
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .errors import CorruptPackError, CourseError, DataNotFoundError
+from .files import atomic_write
 
 PACK_FORMAT = 1
 SYSTEM_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -180,18 +180,9 @@ def write_pack(path: Path | str, images: np.ndarray, labels: np.ndarray, classes
     _validate_arrays(path, images, labels)
     meta = {"format": PACK_FORMAT, "shape": list(images.shape), "count": int(images.shape[0]),
             "crc32": _checksum(images)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=images, labels=labels, classes=np.asarray(list(classes), dtype=str),
-                     meta=np.asarray(json.dumps(meta)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, images=images, labels=labels, classes=np.asarray(list(classes), dtype=str),
+                 meta=np.asarray(json.dumps(meta)))
     return path
 
 

@@ -1,14 +1,12 @@
 """`fit`: a fast, resumable training loop for autoencoders, and atomic checkpoints."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import gc
 import math
-import os
 import random
-import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +14,10 @@ import torch
 from torch import nn
 
 from .data import DeviceBatches, ImageData
+from .engine import TrainStep, eval_mode, resolve_channels_last
 from .environment import get_device
 from .errors import CheckpointError, CourseError, TrainingDivergedError
+from .files import atomic_write
 from .metrics import evaluate, model_value_range
 
 CHECKPOINT_FORMAT = 1
@@ -74,7 +74,6 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer=None, schedule
                     history: History | None = None) -> Path:
     """Write a checkpoint atomically: a temporary file in the same folder, then a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT, "model_class": type(model).__name__, "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer else None,
@@ -83,16 +82,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer=None, schedule
         "epoch": epoch, "batch": batch, "step": step, "rng": _rng_state(),
         "config": dict(config or {}), "history": (history if history is not None else History()).state(),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:  # readers see the old checkpoint or the new one, never half of one
+        torch.save(payload, f)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed mid-save
         stale.unlink(missing_ok=True)
     return path
@@ -145,49 +136,11 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, optimizer=
 
 
 # --------------------------------------------------------------------------- the loop
-LOSSES: dict[str, Callable] = {"mse": nn.functional.mse_loss, "l1": nn.functional.l1_loss,
-                               "bce": nn.functional.binary_cross_entropy}
-
-
-def _make_optimizer(name: str, params, lr: float, weight_decay: float, device: torch.device):
-    fused = {"fused": True} if device.type == "cuda" else {}
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fused)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **fused)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    raise CourseError(f"Unknown optimizer {name!r}; choose 'adamw', 'adam' or 'sgd'.")
-
-
-def _make_scheduler(name: str | None, optimizer, lr: float, total_steps: int):
-    if name is None or name == "none":
-        return None
-    if name == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(total_steps, 2),
-                                                   pct_start=0.15)
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
-    raise CourseError(f"Unknown schedule {name!r}; choose 'onecycle', 'cosine' or None.")
-
-
-def _amp_dtype(amp: bool | str, device: torch.device) -> torch.dtype | None:
-    if amp == "auto":
-        amp = device.type == "cuda"
-    if not amp:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16
-
-
 def check_model_fits(model: nn.Module, image_shape: tuple[int, ...], device: torch.device) -> None:
     """Raise one clear CourseError if ``model`` cannot reconstruct images of ``image_shape``."""
     x = torch.zeros(1, *image_shape, device=device)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             y = model(x)
     except CourseError:
         raise
@@ -195,150 +148,146 @@ def check_model_fits(model: nn.Module, image_shape: tuple[int, ...], device: tor
         raise CourseError(f"{type(model).__name__} cannot take images of shape {tuple(image_shape)}: "
                           f"{str(e).splitlines()[0]}. Resize the data (load_dataset(..., image_size=...)) "
                           "or build the model for this size.") from e
-    finally:
-        model.train(was_training)
     if tuple(y.shape[1:]) != tuple(image_shape):
         raise CourseError(f"{type(model).__name__} turns images of {tuple(image_shape)} into "
                           f"{tuple(y.shape[1:])}: an autoencoder must give back the input's shape. Check "
                           "the decoder's strides, paddings and output_padding (chapter 03).")
 
 
+class _Batches:
+    """fit's training data: ImageData kept on the device as uint8 (replayable), or any iterable of batches."""
+
+    def __init__(self, train, batch_size: int, device: torch.device, value_range, seed: int, channels_last: bool):
+        self.device, self.replayable = device, isinstance(train, (ImageData, torch.Tensor))
+        if self.replayable:
+            self.source = DeviceBatches(train, batch_size, device, shuffle=True, value_range=value_range,
+                                        drop_last=len(train) >= 2 * batch_size, seed=seed,
+                                        channels_last=channels_last)
+            self.image_shape = tuple(self.source.images.shape[1:])
+        else:  # e.g. a DataLoader of float images, or of (images, labels)
+            self.source = train
+            first = next(iter(train))
+            self.image_shape = tuple((first[0] if isinstance(first, (list, tuple)) else first).shape[1:])
+        self.count = len(self.source)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """Yield the float batches of ``epoch`` on the device, from batch ``start`` on."""
+        if self.replayable:
+            yield from self.source.batches(epoch, start)
+            return
+        for x in self.source:
+            yield (x[0] if isinstance(x, (list, tuple)) else x).to(self.device, non_blocking=True)
+
+
+class _EpochLosses:
+    """One epoch's step losses, kept on the device and read (and checked for NaN) every few steps."""
+
+    def __init__(self, count: int, first_batch: int, epoch: int, first_step: int, history: History,
+                 lr: float, device: torch.device):
+        self.values = torch.zeros(count, device=device)  # filled on the device: no host sync per step
+        self.checked, self.epoch, self.first_step, self.history, self.lr = first_batch, epoch, first_step, history, lr
+
+    def check(self, upto: int) -> float:
+        """Read losses up to batch ``upto`` (one host sync), stop if any is not finite; return their mean."""
+        chunk = self.values[self.checked:upto].cpu()
+        _raise_if_diverged(chunk, self.epoch, self.checked, self.first_step, len(self.values), self.lr)
+        self.history.step_losses.extend(chunk.tolist())
+        self.checked = upto
+        return float(chunk.mean()) if len(chunk) else float("nan")
+
+
 def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: ImageData | None = None, *,
         epochs: int = 1, batch_size: int = 128, lr: float = 2e-3, optimizer: str = "adamw",
         weight_decay: float = 0.0, schedule: str | None = "onecycle", loss: str | Callable = "mse",
         value_range: tuple[float, float] | None = None, device: torch.device | str | None = None,
-        amp: bool | str = "auto", channels_last: bool | str = "auto", compile: bool = False,
+        amp: bool | str = "auto", channels_last: bool | str = "auto", fused: bool | str = "auto",
+        compile: bool = False, max_grad_norm: float | None = None, input_transform: Callable | None = None,
         checkpoint: str | Path | None = None, checkpoint_every: int | None = None, resume: bool = False,
-        seed: int = 0, progress: bool = True, check_every: int = 50, max_grad_norm: float | None = None,
-        stop_after_steps: int | None = None, desc: str | None = None) -> History:
+        seed: int = 0, progress: bool = True, check_every: int = 50, stop_after_steps: int | None = None,
+        desc: str | None = None) -> History:
     """Train an autoencoder to reconstruct its input; return the per-epoch History.
 
     ``train`` is ImageData (fast path: uint8 on the device, shuffled there) or any iterable of
-    float batches (``x`` or ``(x, label)``, e.g. a DataLoader). With ``checkpoint`` set, the run
+    float batches (``x`` or ``(x, label)``, e.g. a DataLoader). The step is `TrainStep`'s:
+    ``amp``, ``channels_last`` and ``fused`` default to what is fast on this device, and
+    ``input_transform`` corrupts the inputs only (denoising). With ``checkpoint`` set, the run
     is saved atomically at every epoch end (and every ``checkpoint_every`` steps); with
     ``resume=True`` it continues from that file, replaying the same batch order.
     """
     from tqdm.auto import tqdm
 
     device = torch.device(device) if device is not None else get_device()
-    value_range = tuple(value_range or model_value_range(model))
     if epochs <= 0:
         raise CourseError(f"epochs must be positive, got {epochs}.")
     if lr <= 0 or not math.isfinite(lr):
         raise CourseError(f"The learning rate must be a positive number, got {lr}.")
-    if channels_last == "auto":
-        channels_last = device.type == "cuda"
-    loss_fn = LOSSES.get(loss) if isinstance(loss, str) else loss
-    if loss_fn is None:
-        raise CourseError(f"Unknown loss {loss!r}; choose one of {', '.join(LOSSES)} or pass a function.")
-
-    fast = isinstance(train, (ImageData, torch.Tensor))
-    if fast:
-        batches = DeviceBatches(train, batch_size, device, shuffle=True, value_range=value_range,
-                                drop_last=len(train) >= 2 * batch_size, seed=seed, channels_last=channels_last)
-        image_shape = tuple(batches.images.shape[1:])
-        n_batches = len(batches)
-    else:
-        n_batches = len(train)  # type: ignore[arg-type]
-        first = next(iter(train))  # type: ignore[call-overload]
-        image_shape = tuple((first[0] if isinstance(first, (list, tuple)) else first).shape[1:])
-
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    check_model_fits(model, image_shape, device)
-    opt = _make_optimizer(optimizer, model.parameters(), lr, weight_decay, device)
-    sched = _make_scheduler(schedule, opt, lr, epochs * n_batches)
-    amp_dtype = _amp_dtype(amp, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    value_range = tuple(value_range or model_value_range(model))
+    batches = _Batches(train, batch_size, device, value_range, seed, resolve_channels_last(channels_last, device))
+    step = TrainStep(model, device=device, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+                     schedule=schedule, total_steps=epochs * batches.count, loss=loss, amp=amp,
+                     channels_last=channels_last, fused=fused, compile=compile, max_grad_norm=max_grad_norm,
+                     input_transform=input_transform)
+    check_model_fits(model, batches.image_shape, device)
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
               "weight_decay": weight_decay, "schedule": schedule, "seed": seed, "value_range": list(value_range),
               "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "custom"),
-              "model": type(model).__name__, "images": n_batches * batch_size}
+              "model": type(model).__name__, "images": batches.count * batch_size}
+    save = (lambda e, b, s, h: save_checkpoint(checkpoint, model, step.optimizer, step.scheduler, step.scaler,
+                                               e, b, s, config, h)) if checkpoint is not None else None
 
-    history, start_epoch, start_batch, step = History(), 0, 0, 0
+    history, start_epoch, start_batch, n_steps = History(), 0, 0, 0
     if resume and checkpoint is not None and Path(checkpoint).is_file():
-        state = load_checkpoint(checkpoint, model, opt, sched, scaler, map_location=device)
-        start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
-        history = History(state["history"]["records"], state["history"]["step_losses"])
-        _set_rng_state(state["rng"])
-        if not fast and start_batch:
-            raise CourseError("Resuming mid-epoch needs ImageData as training data (a DataLoader cannot "
-                              "replay its order); save only at epoch ends (checkpoint_every=None).")
-        if progress:
-            print(f"Resuming from {checkpoint}: epoch {start_epoch + 1}, batch {start_batch}, step {step}.")
+        history, start_epoch, start_batch, n_steps = _resume(checkpoint, step, batches, progress)
 
-    run_model = torch.compile(model) if compile else model
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
-
-    def train_step(x: torch.Tensor) -> torch.Tensor:
-        with autocast():
-            out = run_model(x)
-        batch_loss = loss_fn(out.float(), x)
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(batch_loss).backward()
-            scaler.unscale_(opt)
-        else:
-            batch_loss.backward()
-        if max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        if sched is not None:
-            sched.step()
-        return batch_loss.detach()
-
-    bar = tqdm(total=epochs * n_batches, initial=start_epoch * n_batches + start_batch, disable=not progress,
-               desc=desc or type(model).__name__, unit="batch", leave=True)
+    bar = tqdm(total=epochs * batches.count, initial=start_epoch * batches.count + start_batch,
+               disable=not progress, desc=desc or type(model).__name__, unit="batch")
     model.train()
-    try:
+    with bar:
         for epoch in range(start_epoch, epochs):
-            first_batch = start_batch if epoch == start_epoch else 0
-            epoch_first_step = step - first_batch
-            losses = torch.zeros(n_batches, device=device)  # filled on the device: no sync per step
-            checked, seen = first_batch, 0
-            t0 = time.perf_counter()
-            source = batches.batches(epoch, first_batch) if fast else train
-            for b, x in enumerate(source, start=first_batch):
-                if not fast:
-                    x = (x[0] if isinstance(x, (list, tuple)) else x).to(device, non_blocking=True)
-                losses[b] = train_step(x)
-                seen += x.shape[0]
-                step += 1
+            first = start_batch if epoch == start_epoch else 0
+            losses = _EpochLosses(batches.count, first, epoch, n_steps - first, history, lr, device)
+            t0, seen = time.perf_counter(), 0
+            for b, x in enumerate(batches.epoch(epoch, first), start=first):
+                losses.values[b] = step(x)
+                seen, n_steps = seen + x.shape[0], n_steps + 1
                 bar.update(1)
-                due_ckpt = checkpoint is not None and checkpoint_every and step % checkpoint_every == 0
-                if b + 1 - checked >= check_every or due_ckpt or b + 1 == n_batches:
-                    chunk = losses[checked:b + 1].cpu()  # one host sync per check, not per step
-                    _raise_if_diverged(chunk, epoch, checked, epoch_first_step, n_batches, lr)
-                    history.step_losses.extend(chunk.tolist())
-                    checked = b + 1
+                last = b + 1 == batches.count
+                save_now = save is not None and checkpoint_every and n_steps % checkpoint_every == 0
+                stop_now = stop_after_steps is not None and n_steps >= stop_after_steps
+                if b + 1 - losses.checked >= check_every or save_now or stop_now or last:
+                    mean = losses.check(b + 1)  # raises TrainingDivergedError on a NaN or inf loss
                     rate = seen / max(time.perf_counter() - t0, 1e-9)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{float(chunk.mean()):.4g}", img_s=f"{rate:,.0f}")
-                if due_ckpt and b + 1 < n_batches:
-                    save_checkpoint(checkpoint, model, opt, sched, scaler, epoch, b + 1, step, config, history)
-                if stop_after_steps is not None and step >= stop_after_steps and b + 1 < n_batches:
-                    history.step_losses.extend(losses[checked:b + 1].cpu().tolist())  # not yet checked
-                    return history  # (at an epoch's last batch, finish the epoch's record and save first)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{mean:.4g}", img_s=f"{rate:,.0f}")
+                if save_now and not last:
+                    save(epoch, b + 1, n_steps, history)
+                if stop_now and not last:
+                    return history  # mid-epoch: no epoch record (at an epoch's end, record and save first)
             seconds = time.perf_counter() - t0
-            epoch_losses = history.step_losses[epoch_first_step:]
-            record = {"epoch": epoch + 1, "train_loss": float(np.mean(epoch_losses)), "seconds": seconds,
-                      "images_per_second": seen / max(seconds, 1e-9), "lr": opt.param_groups[0]["lr"]}
+            record = {"epoch": epoch + 1, "train_loss": float(np.mean(history.step_losses[n_steps - batches.count:])),
+                      "seconds": seconds, "images_per_second": seen / max(seconds, 1e-9), "lr": step.lr}
             if val is not None:
                 scores = evaluate(model, val, device=device, ssim=False)
                 record.update(val_mse=scores["mse"], val_psnr=scores["psnr"])
-                model.train()
             history.records.append(record)
-            if checkpoint is not None:
-                save_checkpoint(checkpoint, model, opt, sched, scaler, epoch + 1, 0, step, config, history)
-            if stop_after_steps is not None and step >= stop_after_steps:
-                return history
-    finally:
-        bar.close()
+            if save is not None:
+                save(epoch + 1, 0, n_steps, history)
+            if stop_after_steps is not None and n_steps >= stop_after_steps:
+                break
     return history
+
+
+def _resume(checkpoint: str | Path, step: TrainStep, batches: _Batches, progress: bool):
+    """Load a run saved by fit into ``step``; return (history, epoch, batch, steps done)."""
+    state = load_checkpoint(checkpoint, step.model, step.optimizer, step.scheduler, step.scaler,
+                            map_location=step.device)
+    if not batches.replayable and state["batch"]:
+        raise CourseError("Resuming mid-epoch needs ImageData as training data (a DataLoader cannot "
+                          "replay its order); save only at epoch ends (checkpoint_every=None).")
+    _set_rng_state(state["rng"])
+    if progress:
+        print(f"Resuming from {checkpoint}: epoch {state['epoch'] + 1}, batch {state['batch']}, step {state['step']}.")
+    history = History(state["history"]["records"], state["history"]["step_losses"])
+    return history, state["epoch"], state["batch"], state["step"]
 
 
 def _raise_if_diverged(chunk: torch.Tensor, epoch: int, first_batch: int, epoch_first_step: int,
@@ -356,37 +305,57 @@ def _raise_if_diverged(chunk: torch.Tensor, epoch: int, first_batch: int, epoch_
 
 def fit_classifier(model: nn.Module, train: ImageData, test: ImageData | None = None, *, epochs: int = 1,
                    batch_size: int = 128, lr: float = 2e-3, seed: int = 0, device: torch.device | str | None = None,
-                   progress: bool = True) -> History:
-    """Train a classifier with cross-entropy on labelled images; return per-epoch loss and accuracy."""
+                   amp: bool | str = "auto", channels_last: bool | str = "auto", progress: bool = True) -> History:
+    """Train a classifier with cross-entropy on labelled images; return per-epoch loss and test accuracy."""
     from tqdm.auto import tqdm
     from .metrics import accuracy
 
     device = torch.device(device) if device is not None else get_device()
-    model.to(device).train()
-    batches = DeviceBatches(train, batch_size, device, seed=seed, with_labels=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(epochs * len(batches), 2))
+    batches = DeviceBatches(train, batch_size, device, seed=seed, with_labels=True,
+                            channels_last=resolve_channels_last(channels_last, device))
+    step = TrainStep(model, device=device, lr=lr, schedule="onecycle", total_steps=epochs * len(batches),
+                     loss="cross_entropy", amp=amp, channels_last=channels_last)
     history = History()
-    with tqdm(total=epochs * len(batches), desc=type(model).__name__, disable=not progress) as bar:
+    model.train()
+    with tqdm(total=epochs * len(batches), desc=type(model).__name__, unit="batch", disable=not progress) as bar:
         for epoch in range(epochs):
-            losses = torch.zeros(len(batches), device=device)
+            losses = _EpochLosses(len(batches), 0, epoch, epoch * len(batches), history, lr, device)
             t0 = time.perf_counter()
             for b, (x, y) in enumerate(batches.batches(epoch)):
-                loss = nn.functional.cross_entropy(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses[b] = loss.detach()
+                losses.values[b] = step(x, target=y)
                 bar.update(1)
-            epoch_losses = losses.cpu()
-            _raise_if_diverged(epoch_losses, epoch, 0, epoch * len(batches), len(batches), lr)
-            history.step_losses.extend(epoch_losses.tolist())
-            record = {"epoch": epoch + 1, "train_loss": float(epoch_losses.mean()),
-                      "seconds": time.perf_counter() - t0}
+            record = {"epoch": epoch + 1, "train_loss": losses.check(len(batches)), "seconds": time.perf_counter() - t0}
             if test is not None:
                 record["test_accuracy"] = accuracy(model, test)
-                model.train()
             history.records.append(record)
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record.get('test_accuracy', 0):.3f}")
     return history
+
+
+OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+def fit_with_batch_fallback(model: nn.Module, train, *, batch_size: int, min_batch_size: int = 1,
+                            **fit_kwargs) -> tuple[History, int]:
+    """Run `fit`, halving the batch size after each out-of-memory error; return (History, batch size used).
+
+    The model's weights are restored before each retry, so every attempt starts from the
+    same point. Raises CourseError when even ``min_batch_size`` does not fit.
+    """
+    start = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    while True:
+        failed = False
+        try:
+            return fit(model, train, batch_size=batch_size, **fit_kwargs), batch_size
+        except OutOfMemoryError:
+            failed = True  # handled below: inside `except` the traceback still pins the tensors
+        if failed:
+            model.load_state_dict(start)
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if batch_size // 2 < min_batch_size:
+                raise CourseError(f"Out of memory even at batch size {batch_size} (min_batch_size="
+                                  f"{min_batch_size}). Use a smaller model or images, amp=True, or the CPU.")
+            print(f"Out of memory at batch size {batch_size}; retrying with {batch_size // 2}.")
+            batch_size //= 2

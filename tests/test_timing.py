@@ -1,4 +1,4 @@
-"""Tests for course_utils.speed: the seeds' loop, fit-style timing, FLOP/s, memory and OOM fallback."""
+"""course_utils.timing (fit's step timed, FLOP/s) and chapter 05's helpers (seeds' loop, ladder, memory, OOM fallback)."""
 import math
 
 import pytest
@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 import course_utils as cu
-from course_utils import speed
+from course_utils import timing as speed
+from course_utils.chapters import ch05_fast_training as ch05
 
 
 @pytest.fixture(scope="module")
@@ -22,19 +23,19 @@ def test_tutorial_transform_matches_course_scaling(fashion):
     """ToTensor (+ Normalize(0.5, 0.5)) must give exactly the course's to_float scaling."""
     from PIL import Image
     for value_range in ((0.0, 1.0), (-1.0, 1.0)):
-        t = speed.tutorial_transform(value_range, 1)
+        t = ch05.tutorial_transform(value_range, 1)
         x = t(Image.fromarray(fashion.images[3, 0].numpy()))
         assert x.shape == (1, 28, 28)
         torch.testing.assert_close(x, cu.to_float(fashion.images[3], value_range), atol=1e-6, rtol=0)
     with pytest.raises(cu.CourseError):
-        speed.tutorial_transform((0.0, 255.0), 1)
+        ch05.tutorial_transform((0.0, 255.0), 1)
 
 
 def test_fit_tutorial_style_trains_and_times(fashion):
     torch.manual_seed(0)
     model = cu.KapilshAutoencoder()
     before = _weights(model)
-    r = speed.fit_tutorial_style(model, fashion, 32, epochs=2, lr=1e-2, max_batches=6, warmup=2, device="cpu")
+    r = ch05.fit_tutorial_style(model, fashion, 32, epochs=2, lr=1e-2, max_batches=6, warmup=2, device="cpu")
     assert len(r.losses) == 12 and all(math.isfinite(v) for v in r.losses)
     assert len(r.rates) == 2 and r.images == (4 + 6) * 32  # warm-up batches of epoch 1 are not timed
     assert r.images_per_second == pytest.approx(sum(r.rates) / 2)  # the median of two
@@ -42,19 +43,22 @@ def test_fit_tutorial_style_trains_and_times(fashion):
     assert sum(r.losses[-3:]) < sum(r.losses[:3])  # it really trains
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(cu.CourseError):
-        speed.fit_tutorial_style(model, fashion, 32, max_batches=2, warmup=2, device="cpu")
+        ch05.fit_tutorial_style(model, fashion, 32, max_batches=2, warmup=2, device="cpu")
 
 
-def test_measure_throughput_is_fits_step(fashion):
+@pytest.mark.parametrize("options", [{"amp": False, "channels_last": False, "fused": False},
+                                     {}],  # {}: the "auto" defaults, bf16 + channels_last + fused where fast
+                         ids=["float32", "defaults"])
+def test_measure_throughput_is_fits_step(fashion, options):
     """Same seed, data, optimizer and steps: the losses must equal fit's own step losses."""
     torch.manual_seed(0)
     a = cu.KapilshAutoencoder()
     b = cu.KapilshAutoencoder()
     b.load_state_dict(a.state_dict())
-    r = speed.measure_throughput(a, fashion, 64, steps=2, warmup=1, repeats=2, device="cpu", lr=1e-3, seed=3)
+    r = speed.measure_throughput(a, fashion, 64, steps=2, warmup=1, repeats=2, device="cpu", lr=1e-3,
+                                 optimizer="adam", schedule=None, seed=3, **options)
     history = cu.fit(b, fashion, epochs=1, batch_size=64, lr=1e-3, optimizer="adam", schedule=None, seed=3,
-                     device="cpu", amp=False, channels_last=False, progress=False, stop_after_steps=5,
-                     check_every=1)  # check_every=1: fit records every loss before it stops
+                     device="cpu", progress=False, stop_after_steps=5, **options)
     assert len(r.losses) == 5 and len(r.rates) == 2 and r.images == 2 * 2 * 64
     assert r.losses == pytest.approx(history.step_losses, rel=1e-5)
     for k, v in a.state_dict().items():
@@ -112,12 +116,12 @@ def test_training_flops_is_flop_count_times_rate():
 def test_peak_memory_is_none_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("CUDA present: covered by test_peak_memory_grows_with_batch")
-    assert speed.peak_memory_by_batch_size(cu.KapilshAutoencoder(), (1, 28, 28), [8, 16]) is None
+    assert ch05.peak_memory_by_batch_size(cu.KapilshAutoencoder(), (1, 28, 28), [8, 16]) is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_peak_memory_grows_with_batch():
-    mem = speed.peak_memory_by_batch_size(cu.PaperspaceAutoencoder(), (3, 32, 32), [32, 256], device="cuda")
+    mem = ch05.peak_memory_by_batch_size(cu.PaperspaceAutoencoder(), (3, 32, 32), [32, 256], device="cuda")
     assert set(mem) == {32, 256} and 0 < mem[32] < mem[256]
 
 
@@ -141,7 +145,7 @@ def test_fit_with_batch_fallback_halves_and_restores(fashion, capsys):
     start = _weights(inner)
     # fails mid-run (after 3 forward calls: the shape check and two steps) until the batch is <= 32
     model = _SmallGPU(inner, limit=32, after=3)
-    history, used = speed.fit_with_batch_fallback(model, fashion, batch_size=128, epochs=1, schedule=None,
+    history, used = cu.fit_with_batch_fallback(model, fashion, batch_size=128, epochs=1, schedule=None,
                                                   device="cpu", progress=False, seed=2)
     assert used == 32 and len(history) == 1
     out = capsys.readouterr().out
@@ -153,13 +157,13 @@ def test_fit_with_batch_fallback_halves_and_restores(fashion, capsys):
     for k, v in reference.state_dict().items():
         torch.testing.assert_close(inner.state_dict()[k], v)
     with pytest.raises(cu.CourseError, match="even at batch size 16"):
-        speed.fit_with_batch_fallback(_SmallGPU(cu.KapilshAutoencoder(), limit=4), fashion, batch_size=64,
+        cu.fit_with_batch_fallback(_SmallGPU(cu.KapilshAutoencoder(), limit=4), fashion, batch_size=64,
                                       min_batch_size=16, device="cpu", progress=False)
 
 
 def test_improvement_ladder_real_run(fashion):
     build = cu.KapilshAutoencoder
-    results, kept = speed.improvement_ladder(
+    results, kept = ch05.improvement_ladder(
         build, fashion, [("base", {"batch_size": 64}), ("fp16", "n/a on CPU: needs CUDA"),
                          ("channels_last", {"channels_last": True})],
         images_per_repeat=128, warmup=1, repeats=2, device="cpu", verbose=False)
@@ -169,9 +173,9 @@ def test_improvement_ladder_real_run(fashion):
     assert len(r.rates) == 2 and r.images == 2 * 2 * 64  # images_per_repeat // batch = 2 steps a repeat
     assert results["base"].note == "kept" and kept["batch_size"] == 64
     with pytest.raises(cu.CourseError, match="batch_size"):
-        speed.improvement_ladder(build, fashion, [("x", {"fused": True})], device="cpu", verbose=False)
+        ch05.improvement_ladder(build, fashion, [("x", {"fused": True})], device="cpu", verbose=False)
     with pytest.raises(cu.CourseError, match="Unknown setting"):
-        speed.improvement_ladder(build, fashion, [("x", {"batch": 64})], device="cpu", verbose=False)
+        ch05.improvement_ladder(build, fashion, [("x", {"batch": 64})], device="cpu", verbose=False)
 
 
 def test_improvement_ladder_keeps_only_what_helps(fashion, monkeypatch):
@@ -194,8 +198,8 @@ def test_improvement_ladder_keeps_only_what_helps(fashion, monkeypatch):
         def loss_values(self):
             return []
 
-    monkeypatch.setattr(speed, "_FitSteps", FakeSteps)
-    results, kept = speed.improvement_ladder(
+    monkeypatch.setattr(ch05, "TimedSteps", FakeSteps)
+    results, kept = ch05.improvement_ladder(
         cu.KapilshAutoencoder, fashion, [("64", {"batch_size": 64}), ("256", {"batch_size": 256}),
                                          ("cl", {"channels_last": True}), ("fused", {"fused": True})],
         device="cpu", verbose=False, repeats=2, warmup=1)

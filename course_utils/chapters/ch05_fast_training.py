@@ -1,0 +1,210 @@
+"""Chapter 05 (fast training): the seed tutorials' loop, the improvement ladder, GPU memory by batch size."""
+from __future__ import annotations
+
+import copy
+import gc
+import statistics
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..data import ImageData, ImageDataset
+from ..engine import TrainStep, sync
+from ..environment import get_device
+from ..errors import CourseError
+from ..metrics import model_value_range
+from ..timing import Throughput, TimedSteps
+
+OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+# --------------------------------------------------------------------------- the seeds' loop
+def tutorial_transform(value_range: tuple[float, float], channels: int):
+    """Return the seeds' torchvision transform: ToTensor, plus Normalize(0.5, 0.5) for [-1, 1]."""
+    from torchvision import transforms
+
+    steps = [transforms.ToTensor()]  # PIL (H, W, C) uint8 => float (C, H, W) in [0, 1]
+    if tuple(value_range) == (-1.0, 1.0):
+        steps.append(transforms.Normalize((0.5,) * channels, (0.5,) * channels))  # [0, 1] => [-1, 1]
+    elif tuple(value_range) != (0.0, 1.0):
+        raise CourseError(f"The seeds' transforms give [0, 1] or [-1, 1] images, not {value_range}.")
+    return transforms.Compose(steps)
+
+
+def fit_tutorial_style(model: nn.Module, data: ImageData, batch_size: int, epochs: int = 1, lr: float = 1e-3,
+                       value_range: tuple[float, float] | None = None, max_batches: int | None = None, *,
+                       device: torch.device | str | None = None, warmup: int = 2, seed: int = 0,
+                       num_workers: int = 0) -> Throughput:
+    """Train the way the seed tutorials do (PIL images through a DataLoader) and time it.
+
+    Per sample: a PIL image, ``ToTensor`` (and ``Normalize`` for [-1, 1] models); per step:
+    the batch copied to the device, Adam, ``loss.item()``. Each epoch (at most ``max_batches``
+    steps) is one timed repeat; the first ``warmup`` steps of the first epoch are not timed.
+    This loop is deliberately *not* `TrainStep`: it is the baseline the course improves on.
+    """
+    from torch.utils.data import DataLoader
+
+    device = torch.device(device) if device is not None else get_device()
+    value_range = tuple(value_range or model_value_range(model))
+    dataset = ImageDataset(data, tutorial_transform(value_range, data.image_shape[0]), as_pil=True)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
+                        generator=torch.Generator().manual_seed(seed))
+    n_batches = min(len(loader), max_batches or len(loader))
+    if epochs <= 0 or n_batches <= warmup:
+        raise CourseError(f"Need epochs >= 1 and more than warmup={warmup} batches per epoch; got "
+                          f"epochs={epochs} and {n_batches} batches of {batch_size}.")
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    criterion = nn.MSELoss()
+    losses: list[float] = []
+    rates, timed_images, timed_seconds, data_seconds, warmup_seconds = [], 0, 0.0, 0.0, 0.0
+    for epoch in range(epochs):
+        skip = warmup if epoch == 0 else 0
+        batches = iter(loader)
+        t_first = time.perf_counter()
+        t0, images_seen, waited = None, 0, 0.0
+        for b in range(n_batches):
+            if b == skip:
+                sync(device)
+                t0 = time.perf_counter()
+                warmup_seconds += t0 - t_first if skip else 0.0
+            t_wait = time.perf_counter()
+            images, _ = next(batches)  # decode PIL images and transform them, one sample at a time
+            if t0 is not None:
+                waited += time.perf_counter() - t_wait
+            images = images.to(device)  # copied to the device every step
+            out = model(images)
+            loss = criterion(out, images)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())  # a host sync every step
+            if t0 is not None:
+                images_seen += images.shape[0]
+        sync(device)
+        seconds = time.perf_counter() - t0
+        rates.append(images_seen / seconds)
+        timed_images, timed_seconds, data_seconds = timed_images + images_seen, timed_seconds + seconds, \
+            data_seconds + waited
+    return Throughput(statistics.median(rates), rates, batch_size, timed_images, timed_seconds, losses,
+                      warmup_seconds, data_seconds / timed_seconds,
+                      {"loop": "tutorial", "value_range": list(value_range), "lr": lr})
+
+
+# --------------------------------------------------------------------------- the ladder
+LADDER_OPTIONS = ("batch_size", "channels_last", "amp", "fused", "compile", "optimizer")
+# The ladder's first rung: fit's step with every speed option off (float32, NCHW, a plain Adam
+# as the seeds use), so each later row adds exactly one change.
+PLAIN_STEP = {"optimizer": "adam", "amp": False, "channels_last": False, "fused": False, "compile": False}
+
+
+def improvement_ladder(build_model, data: ImageData, changes: Sequence[tuple[str, dict | str]], *,
+                       images_per_repeat: int = 1024, warmup: int = 2, repeats: int = 3,
+                       device: torch.device | str | None = None, lr: float = 1e-3, seed: int = 0,
+                       verbose: bool = True) -> tuple[dict[str, Throughput | str], dict]:
+    """Measure each change on top of the fastest settings so far; return results and the kept settings.
+
+    ``changes`` is a list of (name, settings) where settings holds some of batch_size,
+    channels_last, amp, fused, compile, optimizer (the first must give batch_size), or a
+    string saying why the change does not apply here. Rungs start from `PLAIN_STEP`. Each
+    candidate (a fresh ``build_model()`` under the same seed) is timed in blocks that alternate
+    with blocks of the best setup so far, so both see the same machine; it is kept only if its
+    median is higher, and later rows build on the kept settings.
+    """
+    device = torch.device(device) if device is not None else get_device()
+    results: dict[str, Throughput | str] = {}
+    kept: dict = {}
+    best: TimedSteps | None = None
+    for name, change in changes:
+        if isinstance(change, str):
+            results[name] = change
+            if verbose:
+                print(f"{name:34s} {change}")
+            continue
+        unknown = set(change) - set(LADDER_OPTIONS)
+        if unknown:
+            raise CourseError(f"Unknown setting(s) {sorted(unknown)}; choose from {', '.join(LADDER_OPTIONS)}.")
+        settings = {**kept, **change}
+        if "batch_size" not in settings:
+            raise CourseError("The first change of a ladder must set batch_size.")
+        bs = settings["batch_size"]
+        steps = max(2, images_per_repeat // bs)
+        torch.manual_seed(seed)
+        try:
+            options = {**PLAIN_STEP, **{k: v for k, v in settings.items() if k != "batch_size"}}
+            candidate = TimedSteps(build_model(), data, bs, device=device, lr=lr, seed=seed, **options)
+            warmup_seconds = candidate.run(warmup) if warmup else 0.0
+            seconds, best_rates = [], []
+            for _ in range(repeats):
+                if best is not None:
+                    b_steps = max(2, images_per_repeat // best.batch_size)
+                    best_rates.append(b_steps * best.batch_size / best.run(b_steps))
+                seconds.append(candidate.run(steps))
+            rates = [steps * bs / t for t in seconds]
+        except CourseError:
+            raise
+        except Exception as e:  # e.g. torch.compile without a working C++ compiler
+            results[name] = f"failed here: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+            if verbose:
+                print(f"{name:34s} {results[name]}")
+            continue
+        r = Throughput(statistics.median(rates), rates, bs, steps * bs * repeats, sum(seconds),
+                       candidate.loss_values(), warmup_seconds, None, candidate.settings)
+        if best is None:
+            r.note = "kept"
+        else:
+            ratio = r.images_per_second / statistics.median(best_rates)
+            r.note = (f"kept: +{ratio - 1:.0%} vs the best so far" if ratio > 1 else
+                      f"dropped: {1 - ratio:.0%} slower than the best so far")
+        if best is None or r.note.startswith("kept"):
+            kept, best = settings, candidate
+        if r.warmup_seconds > 5:
+            r.note += f" (warm-up {r.warmup_seconds:.0f} s)"
+        results[name] = r
+        if verbose:
+            print(f"{name:34s} {r.images_per_second:8,.0f} images/s  {r.note}", flush=True)
+    return results, kept
+
+
+# --------------------------------------------------------------------------- GPU memory
+def peak_memory_by_batch_size(model: nn.Module, image_shape: Sequence[int], batch_sizes: Sequence[int], *,
+                              device: torch.device | str | None = None, amp: bool | str = False,
+                              channels_last: bool = False) -> dict[int, float | None] | None:
+    """Return the peak GPU memory (MiB) of one training step per batch size; None when not on CUDA.
+
+    The step is `TrainStep` with Adam. A batch size that runs out of memory maps to None and
+    larger ones are not tried.
+    """
+    device = torch.device(device) if device is not None else get_device()
+    if device.type != "cuda":
+        return None
+    step = TrainStep(copy.deepcopy(model), device=device, lr=1e-3, optimizer="adam", amp=amp,
+                     channels_last=channels_last, fused=False)
+    step.model.train()
+    result: dict[int, float | None] = {}
+    for bs in sorted(batch_sizes):
+        failed = False
+        try:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            x = torch.rand(bs, *image_shape, device=device)
+            if step.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            step(x)
+            torch.cuda.synchronize(device)
+            result[bs] = torch.cuda.max_memory_allocated(device) / 2**20
+            del x
+        except OutOfMemoryError:
+            failed = True  # clean up outside the except block: the traceback holds the tensors
+        if failed:
+            step.optimizer.zero_grad(set_to_none=True)
+            gc.collect()
+            torch.cuda.empty_cache()
+            result[bs] = None
+            break
+    del step
+    gc.collect()
+    torch.cuda.empty_cache()
+    return result

@@ -1,0 +1,200 @@
+"""The training step, written once: `TrainStep` and the choices it makes for each device.
+
+`fit`, `fit_classifier`, chapter 05's speed measurements and every benchmark train through
+`TrainStep`, so an option (mixed precision, channels_last, a fused optimizer, gradient
+clipping, a learning-rate schedule, an input corruption for denoising) means the same thing
+everywhere. ``"auto"`` settings pick what is measured to be faster on this device and never
+a slow emulated path (see `cpu_has_native_bf16`).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import CourseError
+
+# One vocabulary for mixed precision, accepted by fit, TrainStep and the speed tools.
+AMP_CHOICES = ("auto", True, False, None, "bf16", "fp16", "none")
+
+LOSSES: dict[str, Callable] = {"mse": nn.functional.mse_loss, "l1": nn.functional.l1_loss,
+                               "bce": nn.functional.binary_cross_entropy,
+                               "cross_entropy": nn.functional.cross_entropy}
+
+
+# --------------------------------------------------------------------------- device facts
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Return True when this CPU has bfloat16 instructions (AVX512-BF16, AMX or Arm BF16)."""
+    probes = [getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None)]
+    if any(probe is not None and probe() for probe in probes):
+        return True
+    try:  # Arm (Linux) lists 'bf16' in its Features line; older torch lacks the probes above
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"^(flags|Features)\s*:.*\b(avx512_bf16|amx_bf16|bf16)\b", flags, re.M) is not None
+
+
+def fused_optimizer_supported(device: torch.device) -> bool:
+    """Return True when Adam/AdamW can run fused (one kernel for all parameters) on ``device``."""
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        major, minor = (int(v) for v in re.findall(r"\d+", torch.__version__)[:2])
+        return (major, minor) >= (2, 4)  # CPU fused Adam/AdamW arrived in torch 2.4
+    return False
+
+
+def resolve_amp(amp: bool | str | None, device: torch.device) -> torch.dtype | None:
+    """Return the autocast dtype that ``amp`` asks for on ``device`` (None: float32 throughout).
+
+    ``"auto"``: bf16 on a CUDA GPU that supports it (else fp16 with a gradient scaler), bf16 on
+    a CPU with native bf16 instructions, float32 elsewhere. ``True``: mixed precision even
+    where it is emulated. ``"bf16"``/``"fp16"``: that type. ``False``/``None``/``"none"``: off.
+    """
+    if amp not in AMP_CHOICES:
+        raise CourseError(f"amp must be one of {', '.join(map(repr, AMP_CHOICES))}; got {amp!r}.")
+    if amp in (False, None, "none"):
+        return None
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise CourseError("fp16 mixed precision needs a CUDA GPU (it relies on a gradient scaler); "
+                              "on this device use amp='bf16', or amp=False for float32.")
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
+    return torch.bfloat16  # amp=True off CUDA
+
+
+def resolve_channels_last(channels_last: bool | str, device: torch.device) -> bool:
+    """Return whether to train in channels_last memory format (``"auto"``: on CUDA and CPU)."""
+    if channels_last == "auto":
+        return device.type in ("cuda", "cpu")  # both run NHWC convolution kernels natively
+    return bool(channels_last)
+
+
+def sync(device: torch.device) -> None:
+    """Wait until queued GPU work is done, so a clock read means what it says."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Put ``model`` in eval mode inside the block and restore its mode afterwards, even on an error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def endless_batches(batches) -> Iterator:
+    """Yield DeviceBatches' batches epoch after epoch, forever."""
+    epoch = 0
+    while True:
+        yield from batches.batches(epoch)
+        epoch += 1
+
+
+# --------------------------------------------------------------------------- optimizer and schedule
+def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, fused: bool = False):
+    """Return the optimizer ``name`` ('adamw', 'adam' or 'sgd' with momentum 0.9)."""
+    kinds = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+    if name in kinds:
+        return kinds[name](params, lr=lr, weight_decay=weight_decay, **({"fused": True} if fused else {}))
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise CourseError(f"Unknown optimizer {name!r}; choose 'adamw', 'adam' or 'sgd'.")
+
+
+def make_scheduler(name: str | None, optimizer, lr: float, total_steps: int):
+    """Return the learning-rate schedule ``name`` ('onecycle', 'cosine' or None) over ``total_steps``."""
+    if name is None or name == "none":
+        return None
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(total_steps, 2),
+                                                   pct_start=0.15)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    raise CourseError(f"Unknown schedule {name!r}; choose 'onecycle', 'cosine' or None.")
+
+
+# --------------------------------------------------------------------------- the step
+class TrainStep:
+    """One optimizer step on a batch that is already on the device: ``loss = step(x)``.
+
+    Owns the model's placement and memory format, the optimizer (fused where supported), the
+    autocast dtype and gradient scaler, gradient clipping and the schedule. ``input_transform``
+    (e.g. adding noise) changes the model's inputs only; the target stays the clean batch
+    (or ``target``, e.g. class labels with ``loss="cross_entropy"``). Returns the loss as a
+    detached tensor on the device: reading it (``.item()``) would wait for the GPU every step.
+    """
+
+    def __init__(self, model: nn.Module, *, device: torch.device | str, lr: float = 2e-3,
+                 optimizer: str = "adamw", weight_decay: float = 0.0, schedule: str | None = None,
+                 total_steps: int = 1, loss: str | Callable = "mse", amp: bool | str | None = "auto",
+                 channels_last: bool | str = "auto", fused: bool | str = "auto", compile: bool = False,
+                 max_grad_norm: float | None = None, input_transform: Callable | None = None):
+        self.device = torch.device(device)
+        self.loss_fn = LOSSES.get(loss) if isinstance(loss, str) else loss
+        if self.loss_fn is None:
+            raise CourseError(f"Unknown loss {loss!r}; choose one of {', '.join(LOSSES)} or pass a function.")
+        self.amp_dtype = resolve_amp(amp, self.device)
+        self.channels_last = resolve_channels_last(channels_last, self.device)
+        self.fused = (optimizer in ("adam", "adamw") and fused_optimizer_supported(self.device)
+                      if fused == "auto" else bool(fused))
+        self.model = model.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(optimizer, self.model.parameters(), lr, weight_decay, self.fused)
+        self.scheduler = make_scheduler(schedule, self.optimizer, lr, total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+        self.max_grad_norm, self.input_transform = max_grad_norm, input_transform
+        self.forward = torch.compile(self.model) if compile else self.model
+        self.settings = {"optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "schedule": schedule,
+                         "amp": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else None,
+                         "channels_last": self.channels_last, "fused": self.fused, "compile": compile,
+                         "max_grad_norm": max_grad_norm}
+
+    def __call__(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Train on one batch; return its loss (detached, still on the device)."""
+        target = x if target is None else target
+        inputs = self.input_transform(x) if self.input_transform is not None else x
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            out = self.forward(inputs)
+        loss = self.loss_fn(out.float(), target)  # the loss in float32, whatever the autocast dtype
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)  # so clipping sees the true gradient norm
+        else:
+            loss.backward()
+        if self.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return loss.detach()
+
+    @property
+    def lr(self) -> float:
+        """Return the current learning rate."""
+        return self.optimizer.param_groups[0]["lr"]
