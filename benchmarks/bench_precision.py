@@ -1,0 +1,97 @@
+"""Does bf16 autocast cost quality? The course recipe trained twice, same seed, float32 vs bf16.
+
+    COURSE_DATA_DIR=/work/shared/datasets flock /tmp/course-cpu.lock \\
+        .venv/bin/python benchmarks/bench_precision.py --json benchmarks/results/precision.jsonl
+
+`cu.fit` picks bf16 autocast by default on a CPU with native bf16 instructions (and on CUDA).
+This script trains the recommended autoencoder with `RECOMMENDED_TRAINING` in the laptop budget
+(12,000 training images, 4 epochs) with ``amp=False`` and with ``amp="bf16"``, everything else
+equal (same seed, same images, channels_last and a fused AdamW in both), and scores both on a
+validation split carved from the training split (5,000 images never trained on: the numbers
+that decide the default) and on the test split (reported, never used to decide).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import course_utils as cu
+
+CASES = {  # name: (dataset, code size, bottleneck)
+    "fashion-mnist, 196 spatial": ("fashion-mnist", 196, "spatial"),
+    "cifar10, 256 flat": ("cifar10", 256, "flat"),
+    "cifar10, 256 spatial": ("cifar10", 256, "spatial"),
+}
+
+
+def split_validation(data: cu.ImageData, n_val: int, n_train: int, seed: int = 0):
+    """Return (train, validation): disjoint random subsets of one split."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    pick = lambda idx: cu.ImageData(data.images[idx], data.labels[idx], data.classes, data.name, data.split)
+    return pick(order[n_val:n_val + n_train].sort().values), pick(order[:n_val].sort().values)
+
+
+def run_case(name: str, seeds: list[int], epochs: int, n_train: int, n_test: int) -> list[dict]:
+    dataset, code, bottleneck = CASES[name]
+    full = cu.load_dataset(dataset, "train")
+    train, val = split_validation(full, 5000, n_train)
+    test = cu.load_dataset(dataset, "test").subset(n_test)
+    rows = []
+    for seed in seeds:
+        for amp in (False, "bf16"):
+            cu.seed_everything(seed)
+            model = cu.recommended_autoencoder(train.image_shape, code, bottleneck)
+            t0 = time.perf_counter()
+            cu.fit(model, train, epochs=epochs, seed=seed, amp=amp, channels_last=True, fused=True,
+                   device="cpu", progress=False, **cu.RECOMMENDED_TRAINING)
+            seconds = time.perf_counter() - t0
+            rows.append({"case": name, "seed": seed, "amp": amp or "float32", "epochs": epochs,
+                         "train_images": len(train), "val_mse": cu.evaluate(model, val, ssim=False)["mse"],
+                         "test_mse": cu.evaluate(model, test, ssim=False)["mse"], "train_seconds": seconds,
+                         "machine": f"{cu.cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads"})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def summary(rows: list[dict]) -> str:
+    """Return a markdown table: per case, mean val/test MSE in float32 and bf16 and the relative change."""
+    lines = ["| recipe | seeds | val MSE float32 | val MSE bf16 | bf16 vs float32 (val) | test MSE float32 | "
+             "test MSE bf16 | time bf16 / float32 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for case in dict.fromkeys(r["case"] for r in rows):
+        by = {amp: [r for r in rows if r["case"] == case and r["amp"] == amp] for amp in ("float32", "bf16")}
+        mean = lambda amp, key: sum(r[key] for r in by[amp]) / len(by[amp])
+        change = mean("bf16", "val_mse") / mean("float32", "val_mse") - 1
+        lines.append(f"| {case} | {len(by['bf16'])} | {mean('float32', 'val_mse'):.5f} | {mean('bf16', 'val_mse'):.5f} "
+                     f"| {change:+.1%} | {mean('float32', 'test_mse'):.5f} | {mean('bf16', 'test_mse'):.5f} | "
+                     f"{mean('bf16', 'train_seconds') / mean('float32', 'train_seconds'):.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--train-images", type=int, default=12_000)
+    parser.add_argument("--test-images", type=int, default=2_000)
+    parser.add_argument("--json", type=Path, help="append one JSON row per run to this file")
+    parser.add_argument("--report", type=Path, help="only print the summary of rows already in this file")
+    args = parser.parse_args()
+    if args.report:
+        print(summary([json.loads(line) for line in args.report.read_text().splitlines() if line.strip()]))
+        return 0
+    rows = [row for case in args.cases for row in run_case(case, args.seeds, args.epochs, args.train_images,
+                                                            args.test_images)]
+    if args.json:
+        with args.json.open("a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    print(summary(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
