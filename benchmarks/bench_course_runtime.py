@@ -11,35 +11,19 @@ Exits 1 if a notebook fails or a target is missed. Uses benchmarks/run_notebooks
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import glob
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-import run_notebooks  # noqa: E402
+import run_notebooks
+from _common import machine_line, md_table
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # profile -> (seconds allowed for all notebooks together, seconds allowed per notebook)
 TARGETS = {"smoke": (600.0, 60.0), "laptop": (None, 300.0), "gpu": (None, None)}
-
-
-def machine_line() -> str:
-    """Return one line naming the CPU, core count, Python and torch versions, date and load."""
-    import torch
-    cpu = platform.processor() or "CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"{dt.date.today().isoformat()}, load average {load:.1f} at start")
 
 
 def check(records: list[dict], profile: str) -> list[str]:
@@ -58,15 +42,14 @@ def check(records: list[dict], profile: str) -> list[str]:
 def markdown(records: list[dict], profile: str) -> str:
     """Return the records as a Markdown table with a total row."""
     total_limit, each_limit = TARGETS[profile]
-    lines = ["| notebook | seconds | slowest cell (s) | slowest cell | status |", "|---|---:|---:|---|---|"]
-    for r in records:
-        ok = "error" if r["error"] else ("over target" if each_limit and r["seconds"] > each_limit else "ok")
-        cell = r["slowest_cell"].replace("|", "\\|")
-        lines.append(f"| {r['notebook']} | {r['seconds']:.1f} | {r['slowest_cell_seconds']:.1f} | `{cell}` | {ok} |")
-    total = sum(r["seconds"] for r in records)
-    target = f"target <= {total_limit:.0f} s" if total_limit else ""
-    lines.append(f"| **all {len(records)}** | **{total:.1f}** | | | {target} |")
-    return "\n".join(lines)
+    rows = [{"notebook": r["notebook"], "seconds": f"{r['seconds']:.1f}",
+             "slowest cell (s)": f"{r['slowest_cell_seconds']:.1f}", "slowest cell": f"`{r['slowest_cell']}`",
+             "status": "error" if r["error"] else ("over target" if each_limit and r["seconds"] > each_limit else "ok")}
+            for r in records]
+    rows.append({"notebook": f"**all {len(records)}**", "seconds": f"**{sum(r['seconds'] for r in records):.1f}**",
+                 "slowest cell (s)": "", "slowest cell": "",
+                 "status": f"target <= {total_limit:.0f} s" if total_limit else ""})
+    return md_table(rows)
 
 
 def main() -> int:
@@ -83,7 +66,8 @@ def main() -> int:
     if not paths:
         print("No notebooks found.")
         return 1
-    print(f"# machine: {machine_line()}")
+    machine = machine_line(stamp=True)
+    print(f"# machine: {machine}")
     print(f"# command: python {' '.join(sys.argv)}  (profile {args.profile}, outputs not written)", flush=True)
     records = []
     for path in paths:
@@ -96,7 +80,7 @@ def main() -> int:
     problems = check(records, args.profile)
     print("\nAll targets met." if not problems else "\nMissed: " + "; ".join(problems))
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine_line(), "profile": args.profile,
+        args.json.write_text(json.dumps({"machine": machine, "profile": args.profile,
                                          "records": records, "missed": problems}, indent=2))
     return 1 if problems else 0
 

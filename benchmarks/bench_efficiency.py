@@ -3,52 +3,63 @@
     COURSE_DATA_DIR=/work/shared/datasets flock /tmp/course-cpu.lock \\
         .venv/bin/python benchmarks/bench_efficiency.py --readme
 
-For the course's recommended CIFAR-10 model (``cu.recommended_autoencoder((3, 32, 32), 256)``):
+    # a seconds-long check of the script itself (tests/test_benchmarks.py runs it)
+    BENCH_MAX_OTHERS=1 COURSE_DATA_DIR=/work/shared/datasets \\
+        .venv/bin/python benchmarks/bench_efficiency.py --tiny --readme-path /tmp/README.md
 
-1. the training FLOPs per image (forward + backward, ``torch.utils.flop_counter`` through
-   ``cu.flops_per_image``), split by operation;
-2. the machine's measured float32 matmul FLOP/s (``cu.matmul_flops``, 2048 and 4096; bf16 for
-   reference);
-3. the FLOP/s ``cu.fit`` achieves (its own epoch timer, median of epochs after a warm-up epoch,
-   ``RECOMMENDED_TRAINING``) with its CPU defaults and with the speed options, and the same
-   step without any of fit's machinery (forward + backward only) as a ceiling;
-4. where the time goes: ``torch.profiler`` self-time by category, and every convolution/Linear
-   layer timed alone (forward + backward) with its own FLOP/s.
+For the course's recommended CIFAR-10 model (``cu.recommended_autoencoder((3, 32, 32), 256)``),
+trained on the CPU with ``cu.RECOMMENDED_TRAINING``:
 
-The target is 70 % of the float32 matmul rate. ``--readme`` replaces the "Compute efficiency"
-section of benchmarks/README.md.
+1. the training FLOPs per image (forward + backward): the total from ``cu.flops_per_image``,
+   the split by operation from ``torch.utils.flop_counter``;
+2. the machine's measured float32 matmul FLOP/s (``cu.matmul_flops``; bf16 and oneDNN's
+   float32 product for reference);
+3. the FLOP/s ``cu.fit`` achieves (its own epoch timer, epochs after a warm-up epoch) from an
+   explicit float32, NCHW, unfused baseline up to its defaults ("auto"), and beside each the
+   same model's forward + backward alone (no optimizer step: a ceiling, not a training step);
+4. where the time goes: ``torch.profiler`` self-time by category over fit's step (run by
+   ``course_utils.timing.TimedSteps``), and every convolution/Linear layer timed alone
+   (forward + backward) with its own FLOP/s.
+
+The target: ``cu.fit`` with its defaults at batch 32 reaches 70% of the float32 matmul rate.
+``--readme`` replaces the "Compute efficiency" section of benchmarks/README.md (``--readme-path``
+writes another file).
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
-import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import course_utils as cu  # noqa: E402
-from bench_speed import (interference_note, machine, md_table, native_bf16, quiet, round_robin,  # noqa: E402
-                         write_readme_section)  # noqa: E402
+import course_utils as cu
+from course_utils.timing import TimedSteps
+from _common import (BenchRun, add_run_arguments, apply_tiny, blas_name, cpu_vendor, describe_settings,
+                     fit_auto_settings, fit_throughput, machine_line, md_table, publish, round_robin, verdict)
 
-SHAPE = (3, 32, 32)
-TARGET = 0.70
+SHAPE, LATENT = (3, 32, 32), 256
+TARGET = 0.70  # of the float32 matmul rate, with fit's defaults at the recipe's batch
+RECIPE = {k: v for k, v in cu.RECOMMENDED_TRAINING.items() if k != "batch_size"}
+BASELINE = {"amp": False, "channels_last": False, "fused": False}
+TINY = {"rounds": 1, "repeats": 1, "train_images": 256, "matmul_sizes": [256], "block_images": 64,
+        "profile_steps": 2, "layer_repeats": 1}
 
 
+def build() -> nn.Module:
+    return cu.recommended_autoencoder(SHAPE, LATENT)
+
+
+# --------------------------------------------------------------------------- references
 def onednn_matmul_flops(n: int = 2048, repeats: int = 5) -> float:
     """Return float32 FLOP/s of an n x n x n product run by oneDNN (as a 1x1 convolution), median of repeats.
 
-    torch.matmul on the CPU calls the BLAS library (MKL in the official wheels); the convolutions
-    of a training step run in oneDNN. Both rates bound what the step could reach.
+    torch.matmul on the CPU calls the BLAS library of the torch build; the convolutions of a
+    training step run in oneDNN. Both rates bound what the step could reach.
     """
     x = torch.randn(1, n, 1, n).contiguous(memory_format=torch.channels_last)  # n "pixels" of n channels
     w = torch.randn(n, n, 1, 1).contiguous(memory_format=torch.channels_last)
@@ -61,53 +72,39 @@ def onednn_matmul_flops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 / statistics.median(times)
 
 
-def o_step(options: dict) -> dict:
-    """Translate cu.fit options to cu.measure_throughput's (amp=True means bf16 on the CPU)."""
-    return {**options, "amp": "bf16" if options.get("amp") else False}
-
-
-def build() -> nn.Module:
-    return cu.recommended_autoencoder(SHAPE, 256)
-
-
-def flop_breakdown(model: nn.Module) -> dict[str, float]:
-    """Return training FLOPs per image by aten operation (forward and backward)."""
+def flops_by_op(model: nn.Module) -> dict[str, float]:
+    """Return training FLOPs per image by aten operation (the package counts only the total)."""
     counter = FlopCounterMode(display=False)
-    x = torch.rand(2, *SHAPE)
     with counter:
-        model(x).pow(2).mean().backward()
+        model(torch.rand(2, *SHAPE)).pow(2).mean().backward()
     model.zero_grad(set_to_none=True)
     counts = counter.get_flop_counts().get("Global", {})
     return {str(op).replace("aten.", ""): n / 2 for op, n in counts.items()}
 
 
-def fit_rate(data, repeats: int, batch_size: int, seed: int = 0, **options) -> float:
-    """Return the median of cu.fit's own per-epoch images/s over ``repeats`` epochs after one warm-up epoch."""
-    torch.manual_seed(seed)
-    settings = {**cu.RECOMMENDED_TRAINING, "batch_size": batch_size}
-    history = cu.fit(build(), data, epochs=1 + repeats, device="cpu", progress=False, seed=seed, **settings,
-                     **options)
-    return statistics.median(history["images_per_second"][1:])
+# --------------------------------------------------------------------------- rates
+class ForwardBackward:
+    """Forward + backward of a TrainStep's model with no optimizer step: a ceiling measurement, not training."""
+
+    def __init__(self, step: cu.TrainStep):
+        self.step = step
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        step = self.step
+        step.model.zero_grad(set_to_none=True)  # as the real step does, so gradients are written, not summed
+        with torch.autocast(step.device.type, dtype=step.amp_dtype, enabled=step.amp_dtype is not None):
+            out = step.forward(x)
+        loss = step.loss_fn(out.float(), x)
+        loss.backward()
+        return loss.detach()
 
 
-def bare_rate(data, batch_size: int, repeats: int, steps: int, channels_last=False, amp=False, seed=0) -> float:
-    """Return images/s of forward + backward alone (no optimizer, no data pipeline): fit's ceiling."""
+def forward_backward_rate(data, batch_size: int, steps: int, repeats: int, seed: int = 0, **options) -> cu.Throughput:
+    """Time forward + backward alone with the step's own model setup, batches and timer (TimedSteps)."""
     torch.manual_seed(seed)
-    model = build()
-    x = cu.to_float(data.images[:batch_size])
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    rates = []
-    for r in range(repeats + 1):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(amp)):
-                out = model(x)
-            nn.functional.mse_loss(out.float(), x).backward()
-        if r:  # the first block is the warm-up
-            rates.append(steps * batch_size / (time.perf_counter() - t0))
-    return statistics.median(rates)
+    runner = TimedSteps(build(), data, batch_size, device="cpu", seed=seed, **RECIPE, **options)
+    runner.step = ForwardBackward(runner.step)  # same batches, placement, autocast and clock; no optimizer
+    return runner.measure(steps, repeats, warmup=2)
 
 
 CATEGORIES = [
@@ -126,60 +123,31 @@ CATEGORIES = [
 
 
 def categorize(name: str) -> str:
-    for category, keys in CATEGORIES:
-        if any(k in name for k in keys):
-            return category
-    return "other"
+    return next((category for category, keys in CATEGORIES if any(k in name for k in keys)), "other")
 
 
-def profile_step(data, batch_size: int, steps: int, channels_last=False, amp=False,
-                 fused=False) -> tuple[dict, float, list]:
-    """Profile fit-equivalent steps; return ms per step by category, total ms per step, top ops."""
+def profile_step(data, batch_size: int, steps: int, **options) -> tuple[dict, float, list]:
+    """Profile fit's training step (TimedSteps); return ms per step by category, wall ms per step, top ops."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.manual_seed(0)
-    model = build()
-    batches = cu.DeviceBatches(data, batch_size, "cpu", channels_last=channels_last, drop_last=True)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **({"fused": True} if fused else {}))
-
-    def endless():
-        epoch = 0
-        while True:
-            yield from batches.batches(epoch)
-            epoch += 1
-
-    source = endless()
-
-    def step():
-        x = next(source)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(amp)):
-            out = model(x)
-        loss = nn.functional.mse_loss(out.float(), x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    for _ in range(3):
-        step()
+    warmup = 3
+    runner = TimedSteps(build(), data, batch_size, device="cpu", total_steps=warmup + steps,
+                           **{**RECIPE, **options})
+    runner.run(warmup)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        wall = (time.perf_counter() - t0) / steps * 1000
-    by_cat: dict[str, float] = {}
+        wall = runner.run(steps) / steps * 1000
+    by_category: dict[str, float] = {}
     ops = []
     for e in prof.key_averages():
         ms = e.self_cpu_time_total / 1000 / steps
-        by_cat[categorize(e.key)] = by_cat.get(categorize(e.key), 0.0) + ms
+        by_category[categorize(e.key)] = by_category.get(categorize(e.key), 0.0) + ms
         ops.append((ms, e.key, e.count // steps))
-    ops.sort(reverse=True)
-    return by_cat, wall, ops[:10]
+    return by_category, wall, sorted(ops, reverse=True)[:10]
 
 
-def layer_rates(batch_size: int, repeats: int, channels_last=False, amp=False) -> list[dict]:
-    """Time each Conv/ConvTranspose/Linear layer alone (forward + backward) at its real input shape."""
+def layer_rates(batch_size: int, repeats: int, channels_last: bool = False) -> list[dict]:
+    """Time each Conv/ConvTranspose/Linear layer alone (forward + backward, float32) at its real input shape."""
     model = build()
     shapes, order = {}, []
 
@@ -209,211 +177,195 @@ def layer_rates(batch_size: int, repeats: int, channels_last=False, amp=False) -
             layer(x).sum().backward()
         flops = counter.get_total_flops()
         times = []
-        for r in range(repeats + 2):
+        for r in range(repeats + 2):  # the first two are warm-up
             layer.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(amp)):
-                out = layer(x)
+            out = layer(x)
             out.backward(torch.ones_like(out))
             if r >= 2:
                 times.append(time.perf_counter() - t0)
         t = statistics.median(times)
-        kind = type(layer).__name__.replace("Transpose", "T.")
-        rows.append({"layer": name, "type": kind, "input": "x".join(map(str, shapes[name][1:])),
-                     "ms": t * 1000, "GFLOP": flops / 1e9, "GFLOP/s": flops / t / 1e9})
+        rows.append({"layer": name, "type": type(layer).__name__.replace("Transpose", "T."),
+                     "input": "x".join(map(str, shapes[name][1:])), "ms": t * 1000, "GFLOP": flops / 1e9,
+                     "GFLOP/s": flops / t / 1e9})
     return rows
+
+
+# --------------------------------------------------------------------------- the measurements
+def fit_variants(batch_size: int, auto: str) -> tuple[list[tuple[str, int, dict]], str]:
+    """Return (label, batch, cu.fit options) from the explicit float32 baseline up to fit's defaults, and the target's label."""
+    variants = [("cu.fit, float32, NCHW, unfused (amp=False, channels_last=False, fused=False)", batch_size, BASELINE),
+                ("cu.fit, channels_last=True (amp=False, fused=False)", batch_size, {**BASELINE, "channels_last": True})]
+    if cu.cpu_has_native_bf16():  # bf16 emulated in software would only measure the emulation
+        variants.append(('cu.fit, channels_last=True, amp="bf16" (fused=False)', batch_size,
+                         {"channels_last": True, "amp": "bf16", "fused": False}))
+    target = f"**cu.fit, its defaults** (auto: {auto})"
+    return variants + [(target, batch_size, {}), (f"cu.fit, its defaults, batch {4 * batch_size}", 4 * batch_size, {})], \
+        target
+
+
+def efficiency_table(args, data, run: BenchRun, per_image: float, peaks: dict) -> tuple[list[dict], dict, str]:
+    """Measure every variant with cu.fit and its forward + backward ceiling, round-robin; return rows, rates, target."""
+    bs = cu.RECOMMENDED_TRAINING["batch_size"]
+    auto = fit_auto_settings("cpu", RECIPE["optimizer"])
+    variants, target = fit_variants(bs, describe_settings(auto))
+    jobs = {}
+    for label, b, options in variants:
+        jobs[label] = lambda r, b=b, o=options: fit_throughput(build(), data, b, args.repeats, device="cpu", seed=r,
+                                                               **RECIPE, **o)
+        jobs["alone: " + label] = lambda r, b=b, o=options: forward_backward_rate(
+            data, b, max(3, args.block_images // b), args.repeats, seed=r, **o)
+    rates = {k: t.images_per_second for k, t in round_robin(jobs, args.rounds, run.interference).items()}
+    baseline = rates[variants[0][0]]
+    rows = []
+    for label, b, options in variants:
+        fit, alone = rates[label], rates["alone: " + label]
+        bf16 = options.get("amp", auto["amp"]) in ("bf16", "bfloat16")
+        rows.append({"run": label, "batch": b, "images/s": f"{fit:,.0f}", "x baseline": f"{fit / baseline:.2f}x",
+                     "GFLOP/s": f"{fit * per_image / 1e9:.0f}",
+                     "% of fp32 matmul": f"**{fit * per_image / peaks['float32']:.0%}**",
+                     "% of same-precision matmul": f"{fit * per_image / peaks['bf16' if bf16 else 'float32']:.0%}",
+                     "% of oneDNN fp32 product": f"{fit * per_image / peaks['oneDNN']:.0%}",
+                     "forward+backward alone, images/s": f"{alone:,.0f}", "fit / alone": f"{fit / alone:.0%}"})
+    return rows, {label: rates[label] for label, _, _ in variants}, target
+
+
+def profile_tables(args, data, run: BenchRun, auto: str) -> tuple[list[dict], list[dict], dict]:
+    """Profile fit's step in each setting; return the by-category rows, the baseline's top ops, its categories."""
+    bs = cu.RECOMMENDED_TRAINING["batch_size"]
+    settings = {"float32, NCHW, unfused": BASELINE, "float32, channels_last": {**BASELINE, "channels_last": True}}
+    if cu.cpu_has_native_bf16():
+        settings["bf16, channels_last"] = {"channels_last": True, "amp": "bf16", "fused": False}
+    settings[f"fit's defaults ({auto})"] = {}
+    profiles = {}
+    for label, options in settings.items():
+        profiles[label] = run.quiet(profile_step, data, bs, args.profile_steps, **options)
+        print(f"profiled {label}: {profiles[label][1]:.1f} ms per step", flush=True)
+    header = "category (self CPU time per step)"
+    rows = []
+    for category in [c for c, _ in CATEGORIES] + ["other"]:
+        row = {header: category}
+        for label, (by_category, _, _) in profiles.items():
+            ms = by_category.get(category, 0.0)
+            row[label] = f"{ms:.1f} ms ({ms / sum(by_category.values()):.0%})"
+        rows.append(row)
+    rows.append({header: "**wall time per step**", **{k: f"**{wall:.1f} ms**" for k, (_, wall, _) in profiles.items()}})
+    baseline = profiles["float32, NCHW, unfused"]
+    top = [{"op (float32, NCHW, unfused)": name, "calls per step": calls, "ms per step": f"{ms:.2f}"}
+           for ms, name, calls in baseline[2]]
+    return rows, top, baseline[0]
+
+
+def layer_table(args) -> tuple[list[dict], dict]:
+    """Time every layer alone in NCHW and channels_last; return rows and the NCHW measurements' sums."""
+    bs = cu.RECOMMENDED_TRAINING["batch_size"]
+    nchw, cl = layer_rates(bs, args.layer_repeats), layer_rates(bs, args.layer_repeats, channels_last=True)
+    rows = [{"layer": a["layer"], "type": a["type"], "input (C x H x W)": a["input"], "GFLOP per batch": f"{a['GFLOP']:.3f}",
+             "NCHW ms": f"{a['ms']:.2f}", "NCHW GFLOP/s": f"{a['GFLOP/s']:.0f}", "channels_last ms": f"{b['ms']:.2f}",
+             "channels_last GFLOP/s": f"{b['GFLOP/s']:.0f}"} for a, b in zip(nchw, cl)]
+    return rows, {"NCHW": nchw, "channels_last": cl}
+
+
+# --------------------------------------------------------------------------- the README section
+def reference_paragraph(mm32: dict, peaks: dict, per_image: float) -> str:
+    """Return the paragraph on the matmul rates, with the BLAS/oneDNN comparison worded from the numbers."""
+    onednn_vs_blas = peaks["oneDNN"] / mm32[min(mm32)]
+    where = f"on this {cpu_vendor()} processor" if cpu_vendor() else "on this processor"
+    comparison = ("faster: the float32 hardware can do more than the matmul figure says"
+                  if onednn_vs_blas > 1.1 else "slower" if onednn_vs_blas < 0.9 else "about as fast")
+    return ("**This machine's matmul rate** (`cu.matmul_flops`, median of repeats): "
+            + ", ".join(f"float32 {n}x{n}: {v / 1e9:.0f} GFLOP/s" for n, v in mm32.items())
+            + f"; bf16 {min(mm32)}x{min(mm32)}: {peaks['bf16'] / 1e9:.0f} GFLOP/s ({peaks['bf16'] / peaks['float32']:.1f}x "
+            f"the float32 rate). The target, {TARGET:.0%} of the float32 rate, is {TARGET * peaks['float32'] / 1e9:.0f} "
+            f"GFLOP/s, i.e. {TARGET * peaks['float32'] / per_image:,.0f} images/s for this model. **Caveat**: "
+            f"`torch.matmul` on the CPU runs the BLAS library of this torch build ({blas_name()}); {where} oneDNN, the "
+            f"library that runs the convolutions, computes the same {min(mm32)}-sized float32 product (as a 1x1 "
+            f"convolution) at {peaks['oneDNN'] / 1e9:.0f} GFLOP/s, {onednn_vs_blas:.1f}x the BLAS rate, {comparison}. "
+            "The column `% of oneDNN fp32 product` uses that figure instead.")
+
+
+def limits_paragraph(categories: dict, layers: dict, peaks: dict, bs: int) -> str:
+    """Return the paragraph on where the baseline step's time goes, from the profile and the layer timings."""
+    total = sum(categories.values())
+    conv = (categories.get("convolution backward", 0) + categories.get("convolution forward", 0)) / total
+    slowest = sorted(layers["NCHW"], key=lambda r: r["GFLOP/s"])[:3]
+    return (f"**What limits it.** In the float32, NCHW, unfused step, convolutions (forward and backward) take "
+            f"{conv:.0%} of the CPU time, Linear layers {categories.get('Linear (mm, addmm)', 0) / total:.0%} and the "
+            f"optimizer's element-wise updates {categories.get('optimizer', 0) / total:.0%} (profile below). Timed "
+            f"alone at batch {bs}, the least efficient layers reach "
+            + ", ".join(f"`{r['layer']}` ({r['type']}, input {r['input']}): {r['GFLOP/s']:.0f} GFLOP/s, "
+                        f"{r['GFLOP/s'] * 1e9 / peaks['float32']:.0%} of the float32 matmul rate" for r in slowest)
+            + ". Likely reasons: a 3-channel input or output gives the kernels little to vectorise over, small maps "
+            "leave little work per call to amortise its fixed cost, and at a small batch the Linear layers multiply "
+            "matrices only a batch tall. channels_last lets oneDNN run its NHWC convolution kernels without "
+            "converting activations to its blocked layout, bf16 halves the bytes moved, and a fused optimizer "
+            "replaces several element-wise kernels per parameter tensor by one pass; the tables show how much each "
+            "gives here.")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3, help="round-robin rounds, each with a fresh model")
-    parser.add_argument("--repeats", type=int, default=2, help="timed epochs/blocks per run")
+    add_run_arguments(parser, rounds=3, repeats=2)
     parser.add_argument("--train-images", type=int, default=2048, help="images per fit epoch")
-    parser.add_argument("--readme", action="store_true")
-    args = parser.parse_args()
-    started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    load_before = os.getloadavg()[0]
-    t_start = time.perf_counter()
-    print(f"# Compute efficiency ({started}; {machine()})\n", flush=True)
+    parser.add_argument("--block-images", type=int, default=1024, help="images per timed block of forward+backward")
+    parser.add_argument("--matmul-sizes", type=int, nargs="+", default=[2048, 4096])
+    parser.add_argument("--profile-steps", type=int, default=12)
+    parser.add_argument("--layer-repeats", type=int, default=5)
+    args = apply_tiny(parser.parse_args(), TINY)
+    run = BenchRun("bench_efficiency.py")
+    print(f"# Compute efficiency ({run.started}; {machine_line()})\n", flush=True)
     bs = cu.RECOMMENDED_TRAINING["batch_size"]
     data = cu.load_dataset("cifar10", "train").subset(args.train_images)
+    auto = describe_settings(fit_auto_settings("cpu", RECIPE["optimizer"]))
 
     model = build()
-    per_image = cu.flops_per_image(model, SHAPE)
-    forward = cu.flops_per_image(model, SHAPE, backward=False)
-    ops = flop_breakdown(model)
-    print(f"training FLOPs per image {per_image / 1e6:.1f} M (forward {forward / 1e6:.1f} M); by op: "
-          + ", ".join(f"{k} {v / 1e6:.1f} M" for k, v in ops.items()), flush=True)
+    per_image, forward = cu.flops_per_image(model, SHAPE), cu.flops_per_image(model, SHAPE, backward=False)
+    by_op = flops_by_op(model)
+    mm32 = run.quiet(cu.matmul_flops, args.matmul_sizes, repeats=max(args.repeats, 2), device="cpu")
+    n = min(mm32)
+    peaks = {"float32": max(mm32.values()), "oneDNN": run.quiet(onednn_matmul_flops, n, repeats=max(args.repeats, 5)),
+             "bf16": run.quiet(cu.matmul_flops, n, repeats=max(args.repeats, 2), device="cpu", dtype=torch.bfloat16)[n]}
+    print(f"training FLOPs per image {per_image / 1e6:.1f} M; matmul GFLOP/s "
+          + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items()), flush=True)
 
-    mm32 = quiet(cu.matmul_flops, (2048, 4096), repeats=args.repeats, device="cpu")
-    mm16 = quiet(cu.matmul_flops, 2048, repeats=args.repeats, device="cpu", dtype=torch.bfloat16)
-    peak32, peak16 = max(mm32.values()), mm16[2048]
-    onednn32 = quiet(onednn_matmul_flops, 2048, repeats=max(args.repeats, 5))
-    print("matmul GFLOP/s: " + ", ".join(f"float32 {n}: {v / 1e9:.0f}" for n, v in mm32.items())
-          + f", bf16 2048: {peak16 / 1e9:.0f}", flush=True)
-
-    bf16 = native_bf16()
-    big = 4 * bs
-    # (label, how: "fit" = cu.fit itself or "step" = fit's step via cu.measure_throughput, batch, options)
-    variants = [("cu.fit, CPU defaults (float32, NCHW)", "fit", bs, {}),
-                ("cu.fit, channels_last=True", "fit", bs, {"channels_last": True})]
-    if bf16:
-        variants += [("cu.fit, channels_last=True, amp=True (bf16)", "fit", bs, {"channels_last": True, "amp": True}),
-                     ("fit's step + fused AdamW (channels_last, bf16)", "step", bs,
-                      {"channels_last": True, "amp": True, "fused": True}),
-                     (f"fit's step + fused AdamW (channels_last, bf16), batch {big}", "step", big,
-                      {"channels_last": True, "amp": True, "fused": True})]
-    jobs = {}
-    for label, how, b, options in variants:
-        if how == "fit":
-            jobs[label] = lambda r, b=b, o=options: fit_rate(data, args.repeats, b, seed=r, **o)
-        else:
-            step_options = {**o_step(options)}
-            jobs[label] = lambda r, b=b, o=step_options: cu.measure_throughput(
-                build(), data, b, steps=max(3, 1024 // b), repeats=args.repeats, warmup=3, device="cpu",
-                optimizer="adamw", lr=cu.RECOMMENDED_TRAINING["lr"], seed=r, **o).images_per_second
-        jobs["alone: " + label] = lambda r, b=b, o=options: bare_rate(
-            data, b, args.repeats, steps=max(3, 1024 // b), channels_last=o.get("channels_last", False),
-            amp=o.get("amp", False), seed=r)
-    runs = round_robin(jobs, args.rounds)
-    rates = {k: statistics.median(v) for k, v in runs.items()}
-    rows, measured = [], {}
-    for label, how, b, options in variants:
-        fit_ips, ceiling = rates[label], rates["alone: " + label]
-        measured[label] = (fit_ips, ceiling)
-        same_peak = peak16 if options.get("amp") else peak32
-        rows.append({"run": label, "batch": b, "images/s": f"{fit_ips:,.0f}",
-                     "GFLOP/s": f"{fit_ips * per_image / 1e9:.0f}",
-                     "% of fp32 matmul": f"**{fit_ips * per_image / peak32:.0%}**",
-                     "% of same-precision matmul": f"{fit_ips * per_image / same_peak:.0%}",
-                     "% of oneDNN fp32 product": f"{fit_ips * per_image / onednn32:.0%}",
-                     "forward+backward alone, images/s": f"{ceiling:,.0f}",
-                     "fit / alone": f"{fit_ips / ceiling:.0%}"})
+    rows, rates, default_label = efficiency_table(args, data, run, per_image, peaks)
     print(md_table(rows), flush=True)
-
-    profiles = {}
-    profile_variants = [("float32, NCHW", False, False, False), ("float32, channels_last", True, False, False)]
-    if bf16:
-        profile_variants += [("bf16, channels_last", True, True, False),
-                             ("bf16, channels_last, fused AdamW", True, True, True)]
-    for label, cl, amp, fused in profile_variants:
-        profiles[label] = quiet(profile_step, data, bs, steps=12, channels_last=cl, amp=amp, fused=fused)
-        print(f"profiled {label}: {profiles[label][1]:.1f} ms per step", flush=True)
-    categories = [c for c, _ in CATEGORIES] + ["other"]
-    prof_rows = []
-    for c in categories:
-        row = {"category (self CPU time per step)": c}
-        for label, (by_cat, wall, _) in profiles.items():
-            ms = by_cat.get(c, 0.0)
-            row[label] = f"{ms:.1f} ms ({ms / sum(by_cat.values()):.0%})"
-        prof_rows.append(row)
-    prof_rows.append({"category (self CPU time per step)": "**wall time per step**",
-                      **{label: f"**{wall:.1f} ms**" for label, (_, wall, _) in profiles.items()}})
-    top_rows = [{"op (float32, NCHW)": name, "calls per step": calls, "ms per step": f"{ms:.2f}"}
-                for ms, name, calls in profiles["float32, NCHW"][2]]
-
-    layers = {"NCHW": quiet(layer_rates, bs, 5), "channels_last": quiet(layer_rates, bs, 5, True)}
-    layer_rows = []
-    for a, b in zip(layers["NCHW"], layers["channels_last"]):
-        layer_rows.append({"layer": a["layer"], "type": a["type"], "input (C x H x W)": a["input"],
-                           "GFLOP per batch": f"{a['GFLOP']:.3f}",
-                           "NCHW ms": f"{a['ms']:.2f}", "NCHW GFLOP/s": f"{a['GFLOP/s']:.0f}",
-                           "channels_last ms": f"{b['ms']:.2f}", "channels_last GFLOP/s": f"{b['GFLOP/s']:.0f}"})
-    sum_nchw = sum(r["ms"] for r in layers["NCHW"])
-    sum_cl = sum(r["ms"] for r in layers["channels_last"])
-    print(md_table(layer_rows), flush=True)
-
-    minutes = (time.perf_counter() - t_start) / 60
-    labels = [v[0] for v in variants]
-    default_fit, default_alone = measured[labels[0]]
-    best_label = max(measured, key=lambda k: measured[k][0])
-    best_fit = measured[best_label][0]
-    slowest = sorted(layers["NCHW"], key=lambda r: r["GFLOP/s"])[:3]
-    fp32 = profiles["float32, NCHW"][0]
-    total = sum(fp32.values())
-    conv_share = (fp32.get("convolution backward", 0) + fp32.get("convolution forward", 0)) / total
-    opt_share = fp32.get("optimizer", 0) / total
-
-    def pct(label):
-        return measured[label][0] * per_image / peak32
-
-    def meets(x):
-        return "meets" if x >= TARGET else "short of"
-
-    changes = [f"`channels_last=True`: {measured[labels[1]][0] / default_fit:.2f}x"]
-    if bf16:
-        changes += [f"plus bf16 autocast (`amp=True`): {measured[labels[2]][0] / default_fit:.2f}x",
-                    f"plus a fused AdamW: {measured[labels[3]][0] / default_fit:.2f}x"]
+    achieved = rates[default_label] * per_image / peaks["float32"]
+    prof_rows, top_rows, categories = profile_tables(args, data, run, auto)
+    layer_rows, layers = layer_table(args)
+    sums = {k: sum(r["ms"] for r in v) for k, v in layers.items()}
     body = [
-        f"Measured by `benchmarks/bench_efficiency.py` on {started}: {machine()}; medians over {args.rounds} "
-        f"round-robin rounds (fresh model and seed each) of {args.repeats} timed epochs or blocks; 1-minute load "
-        f"average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after the {minutes:.0f}-minute run. "
-        f"{interference_note()}",
+        run.provenance(f"medians of all timed epochs or blocks of {args.rounds} round-robin rounds (fresh model and "
+                       f"seed each) of {args.repeats} each"),
         "",
-        f"**Model**: `cu.recommended_autoencoder((3, 32, 32), 256)` as defined when this ran "
-        f"({cu.count_parameters(model):,} parameters), trained with `RECOMMENDED_TRAINING` "
-        f"(batch {bs}). **Training FLOPs per image**: {per_image / 1e6:.1f} M (forward {forward / 1e6:.1f} M, "
-        "backward the rest; `torch.utils.flop_counter` via `cu.flops_per_image`, 2 FLOPs per multiply-add); "
-        "by operation: " + ", ".join(f"`{k}` {v / 1e6:.1f} M" for k, v in ops.items()) + ".",
-        "",
-        "**This machine's matmul rate** (`cu.matmul_flops`, median of repeats): "
-        + ", ".join(f"float32 {n}x{n}: {v / 1e9:.0f} GFLOP/s" for n, v in mm32.items())
-        + f"; bf16 2048x2048: {peak16 / 1e9:.0f} GFLOP/s. The target, {TARGET:.0%} of the float32 rate, is "
-        f"{TARGET * peak32 / 1e9:.0f} GFLOP/s, i.e. {TARGET * peak32 / per_image:,.0f} images/s for this model. "
-        f"**Caveat**: `torch.matmul` on the CPU runs the BLAS library of the wheel (MKL here), and on this AMD "
-        f"processor oneDNN, the library that runs the convolutions, computes the very same 2048x2048x2048 "
-        f"float32 product (as a 1x1 convolution) at {onednn32 / 1e9:.0f} GFLOP/s, "
-        f"{onednn32 / mm32[2048]:.1f}x faster. The float32 hardware can therefore do more than the "
-        "matmul figure says; the column `% of oneDNN fp32 product` below uses the oneDNN figure instead.",
-        "",
-        md_table(rows),
-        "",
+        f"**Model**: `cu.recommended_autoencoder((3, 32, 32), {LATENT})` as defined when this ran "
+        f"({cu.count_parameters(model):,} parameters), trained with `RECOMMENDED_TRAINING` (batch {bs}) on "
+        f"{len(data):,} CIFAR-10 images per epoch. **Training FLOPs per image**: {per_image / 1e6:.1f} M (forward "
+        f"{forward / 1e6:.1f} M, backward the rest; `cu.flops_per_image`, 2 FLOPs per multiply-add); by operation: "
+        + ", ".join(f"`{k}` {v / 1e6:.1f} M" for k, v in by_op.items()) + ".",
+        "", reference_paragraph(mm32, peaks, per_image), "", md_table(rows), "",
         "`GFLOP/s` is the model's training FLOPs per image times images/s (useful arithmetic, whatever the "
-        "precision); `% of same-precision matmul` compares bf16 runs with the bf16 matmul rate. `cu.fit` rows "
-        "use `fit`'s own epoch timer; `fit's step + fused AdamW` rows are `fit`'s training step run by "
-        "`cu.measure_throughput` with `AdamW(fused=True)`, which `fit` does not use on the CPU today. "
-        "`forward+backward alone` is the same model without optimizer, scheduler, data or loss bookkeeping; "
-        "`fit / alone` shows how much of the time goes to everything else.",
+        "precision); `% of same-precision matmul` compares bf16 runs with the bf16 matmul rate. Every row is "
+        "`cu.fit` itself (its own epoch timer); `forward+backward alone` is the same model, batches and settings "
+        "without the optimizer step, scheduler or loss bookkeeping (`course_utils.timing.TimedSteps` with the "
+        "step's forward and backward only): a ceiling, not a training step. `fit / alone` shows how much of the time goes to "
+        "everything else.",
         "",
-        f"**Verdict.** With its CPU defaults `cu.fit` reaches {pct(labels[0]):.0%} of the float32 matmul rate "
-        f"({meets(pct(labels[0]))} the {TARGET:.0%} target). The best setting measured, {best_label}, reaches "
-        f"{pct(best_label):.0%} ({meets(pct(best_label))} the target), counted in useful FLOPs: bf16 does the "
-        f"same arithmetic in half-width numbers, and this CPU's bf16 units run {peak16 / peak32:.1f}x faster "
-        "than its float32 ones, so against the bf16 matmul rate that run is far lower (table). Against oneDNN's "
-        f"float32 product rate, the stricter reference, the defaults reach "
-        f"{measured[labels[0]][0] * per_image / onednn32:.0%} and the best setting "
-        f"{best_fit * per_image / onednn32:.0%}. Relative to the defaults: " + "; ".join(changes) + ".",
-        "",
-        f"**What limits it.** In the float32 default step, convolutions (forward and backward) take "
-        f"{conv_share:.0%} of the CPU time and the optimizer's element-wise updates {opt_share:.0%} "
-        "(profile below). The convolutions of this model are small: at batch "
-        f"{bs} the least efficient layers run far below the matmul rate, "
-        + ", ".join(f"`{r['layer']}` ({r['type']}, input {r['input']}, {r['GFLOP/s']:.0f} GFLOP/s)"
-                    for r in slowest)
-        + ": a 3-channel input or output gives the kernels little to vectorise over, small maps leave "
-        "little work per call to amortise each call's fixed cost, and at a small batch the Linear layers "
-        "multiply matrices only a batch tall. channels_last lets oneDNN run its NHWC "
-        "convolution kernels directly instead of converting activations to and from its own blocked layout; "
-        "bf16 halves the bytes moved and uses the CPU's bf16 dot-product instructions; the fused optimizer "
-        "replaces several small element-wise kernels per parameter tensor by one pass. Larger batches amortise per-call costs further but change "
-        "the training recipe, so they are shown separately.",
-        "",
-        md_table(prof_rows),
-        "",
-        f"Each convolution and Linear layer timed alone (forward + backward at its real input shape, batch "
-        f"{bs}, median of 5); they sum to {sum_nchw:.1f} ms in NCHW and {sum_cl:.1f} ms in channels_last:",
-        "",
-        md_table(layer_rows),
-        "",
-        "Top operations of the float32 NCHW step (self CPU time):",
-        "",
+        f"**Target** (`cu.fit` with its defaults, {auto} here, on this model at batch {bs}: at least {TARGET:.0%} "
+        f"of the float32 matmul rate): **{verdict(achieved, TARGET)}** in this run, {achieved:.0%} "
+        f"({rates[default_label] * per_image / 1e9:.0f} of {peaks['float32'] / 1e9:.0f} GFLOP/s); against oneDNN's "
+        f"float32 product rate {rates[default_label] * per_image / peaks['oneDNN']:.0%}. The float32, NCHW, unfused "
+        f"baseline reaches {rates[next(iter(rates))] * per_image / peaks['float32']:.0%}. With bf16 autocast the "
+        "FLOPs are counted as useful arithmetic done in half-width numbers, so the same run is lower against the "
+        "bf16 matmul rate (table).",
+        "", limits_paragraph(categories, layers, peaks, bs), "", md_table(prof_rows), "",
+        f"Each convolution and Linear layer timed alone (float32, forward + backward at its real input shape, batch "
+        f"{bs}, median of {args.layer_repeats}); they sum to {sums['NCHW']:.1f} ms in NCHW and "
+        f"{sums['channels_last']:.1f} ms in channels_last:",
+        "", md_table(layer_rows), "", "Top operations of the float32, NCHW, unfused step (self CPU time):", "",
         md_table(top_rows),
     ]
-    text = "\n".join(body)
-    print("\n" + text)
-    if args.readme:
-        write_readme_section("Compute efficiency", text)
-        print("\nwrote the 'Compute efficiency' section of benchmarks/README.md")
+    publish(args, "Compute efficiency", "\n".join(body))
     return 0
 
 
