@@ -110,6 +110,34 @@ def endless_batches(batches) -> Iterator:
         epoch += 1
 
 
+def check_model_fits(model: nn.Module, image_shape: tuple[int, ...], device: torch.device | str) -> None:
+    """Raise one clear CourseError if ``model`` cannot reconstruct images of ``image_shape`` (C, H, W)."""
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))), None)
+    channels = image_shape[0]
+    if first is not None and first.in_channels != channels:
+        names = {1: "grey", 3: "RGB colour"}
+        raise CourseError(
+            f"{type(model).__name__} takes {first.in_channels}-channel images "
+            f"({names.get(first.in_channels, 'other')}), but the data has {channels} channel(s) "
+            f"({names.get(channels, 'other')}). Build the model for {channels} channel(s) (e.g. "
+            f"recommended_autoencoder({tuple(image_shape)}, ...)), or convert the images: grey to RGB with "
+            "images.repeat(1, 3, 1, 1), RGB to grey with images.float().mean(1, keepdim=True).round().byte().")
+    x = torch.zeros(1, *image_shape, device=device)
+    try:
+        with eval_mode(model), torch.no_grad():
+            y = model(x)
+    except CourseError:
+        raise
+    except RuntimeError as e:
+        raise CourseError(f"{type(model).__name__} cannot take images of shape {tuple(image_shape)}: "
+                          f"{str(e).splitlines()[0]}. Resize the data (load_dataset(..., image_size=...)) "
+                          "or build the model for this size.") from e
+    if tuple(y.shape[1:]) != tuple(image_shape):
+        raise CourseError(f"{type(model).__name__} turns images of {tuple(image_shape)} into "
+                          f"{tuple(y.shape[1:])}: an autoencoder must give back the input's shape. Check "
+                          "the decoder's strides, paddings and output_padding (chapter 03).")
+
+
 # --------------------------------------------------------------------------- optimizer and schedule
 def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, fused: bool = False):
     """Return the optimizer ``name`` ('adamw', 'adam' or 'sgd' with momentum 0.9)."""

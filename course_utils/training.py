@@ -1,10 +1,14 @@
 """`fit`: a fast, resumable training loop for autoencoders, and atomic checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import gc
 import math
 import random
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -14,7 +18,7 @@ import torch
 from torch import nn
 
 from .data import DeviceBatches, ImageData
-from .engine import TrainStep, eval_mode, resolve_channels_last
+from .engine import TrainStep, check_model_fits, resolve_channels_last
 from .environment import get_device
 from .errors import CheckpointError, CourseError, TrainingDivergedError
 from .files import atomic_write
@@ -82,10 +86,62 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer=None, schedule
         "epoch": epoch, "batch": batch, "step": step, "rng": _rng_state(),
         "config": dict(config or {}), "history": (history if history is not None else History()).state(),
     }
-    with atomic_write(path) as f:  # readers see the old checkpoint or the new one, never half of one
-        torch.save(payload, f)
+    try:
+        with atomic_write(path) as f:  # readers see the old checkpoint or the new one, never half of one
+            torch.save(payload, f)
+    except (OSError, RuntimeError) as e:
+        _raise_if_disk_full(e, path, payload)
+        raise
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed mid-save
         stale.unlink(missing_ok=True)
+    return path
+
+
+def _raise_if_disk_full(error: Exception, path: Path, payload: dict) -> None:
+    """Turn a failed save on a full disk (torch reports it as 'unexpected pos') into one clear error."""
+    needed = sum(t.numel() * t.element_size() for t in _tensors(payload))
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free < needed + 2**20:
+        previous = (f"The previous checkpoint at {path} is intact." if path.is_file() else
+                    f"No earlier checkpoint exists at {path}.")
+        raise CheckpointError(
+            f"The disk holding {path.parent} is full ({free / 2**20:.1f} MiB free; this checkpoint needs about "
+            f"{needed / 2**20:.1f} MiB), so the checkpoint was not written. {previous} Free some space (old "
+            "checkpoints, the pip cache) or pass checkpoint= a path on another disk, then resume.") from error
+
+
+def _tensors(obj) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def check_checkpoint_path(path: str | Path) -> Path:
+    """Raise CheckpointError now, before any training, if a checkpoint cannot be written at ``path``."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint={str(path)!r} is a folder; give a file path in it, e.g. "
+                              f"checkpoint={str(path / 'run.pt')!r}.")
+    blocker = next((p for p in [path.parent, *path.parent.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise CheckpointError(f"Cannot write checkpoint {path}: {blocker} is a file, not a folder. Choose "
+                              "another path (e.g. checkpoints/run.pt) or move that file away.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as e:
+        raise CheckpointError(f"Cannot write checkpoint {path}: {path.parent} is not writable by this user "
+                              f"({e.strerror}). Choose a folder you own (e.g. checkpoints/run.pt) or fix its "
+                              "permissions.") from e
     return path
 
 
@@ -106,7 +162,12 @@ def _describe_mismatch(model: nn.Module, state: dict) -> str:
 def load_checkpoint(path: str | Path, model: nn.Module | None = None, optimizer=None, scheduler=None,
                     scaler=None, map_location="cpu") -> dict:
     """Load a checkpoint safely (``weights_only=True``) into the given model and optimizer."""
-    path = Path(path)
+    payload = _read_checkpoint(Path(path), map_location)
+    _apply_checkpoint(payload, Path(path), model, optimizer, scheduler, scaler)
+    return payload
+
+
+def _read_checkpoint(path: Path, map_location) -> dict:
     if not path.is_file():
         raise CheckpointError(f"No checkpoint at {path}. Train first with fit(..., checkpoint='{path}'), "
                               "or check the path (relative paths start at the notebook's folder).")
@@ -120,6 +181,10 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, optimizer=
     if payload.get("format", 0) > CHECKPOINT_FORMAT:
         raise CheckpointError(f"Checkpoint {path} has format {payload['format']}, newer than this "
                               f"course_utils understands ({CHECKPOINT_FORMAT}). Upgrade course_utils.")
+    return payload
+
+
+def _apply_checkpoint(payload: dict, path: Path, model=None, optimizer=None, scheduler=None, scaler=None) -> None:
     if model is not None:
         problems = _describe_mismatch(model, payload["model"])
         if problems:
@@ -132,28 +197,9 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, optimizer=
     for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
         if obj is not None and payload.get(key) is not None:
             obj.load_state_dict(payload[key])
-    return payload
 
 
 # --------------------------------------------------------------------------- the loop
-def check_model_fits(model: nn.Module, image_shape: tuple[int, ...], device: torch.device) -> None:
-    """Raise one clear CourseError if ``model`` cannot reconstruct images of ``image_shape``."""
-    x = torch.zeros(1, *image_shape, device=device)
-    try:
-        with eval_mode(model), torch.no_grad():
-            y = model(x)
-    except CourseError:
-        raise
-    except RuntimeError as e:
-        raise CourseError(f"{type(model).__name__} cannot take images of shape {tuple(image_shape)}: "
-                          f"{str(e).splitlines()[0]}. Resize the data (load_dataset(..., image_size=...)) "
-                          "or build the model for this size.") from e
-    if tuple(y.shape[1:]) != tuple(image_shape):
-        raise CourseError(f"{type(model).__name__} turns images of {tuple(image_shape)} into "
-                          f"{tuple(y.shape[1:])}: an autoencoder must give back the input's shape. Check "
-                          "the decoder's strides, paddings and output_padding (chapter 03).")
-
-
 class _Batches:
     """fit's training data: ImageData kept on the device as uint8 (replayable), or any iterable of batches."""
 
@@ -232,17 +278,16 @@ def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: Image
               "weight_decay": weight_decay, "schedule": schedule, "seed": seed, "value_range": list(value_range),
               "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "custom"),
               "model": type(model).__name__, "images": batches.count * batch_size}
-    save = (lambda e, b, s, h: save_checkpoint(checkpoint, model, step.optimizer, step.scheduler, step.scaler,
-                                               e, b, s, config, h)) if checkpoint is not None else None
+    save = _Checkpointer(checkpoint, step, config) if checkpoint is not None else None
 
     history, start_epoch, start_batch, n_steps = History(), 0, 0, 0
     if resume and checkpoint is not None and Path(checkpoint).is_file():
-        history, start_epoch, start_batch, n_steps = _resume(checkpoint, step, batches, progress)
+        history, start_epoch, start_batch, n_steps = _resume(checkpoint, step, batches, config, progress)
 
     bar = tqdm(total=epochs * batches.count, initial=start_epoch * batches.count + start_batch,
                disable=not progress, desc=desc or type(model).__name__, unit="batch")
     model.train()
-    with bar:
+    with bar, _explain_interrupt(save):
         for epoch in range(start_epoch, epochs):
             first = start_batch if epoch == start_epoch else 0
             losses = _EpochLosses(batches.count, first, epoch, n_steps - first, history, lr, device)
@@ -276,10 +321,50 @@ def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: Image
     return history
 
 
-def _resume(checkpoint: str | Path, step: TrainStep, batches: _Batches, progress: bool):
+class _Checkpointer:
+    """fit's checkpoint writer: checks the path before any work and remembers what it saved last."""
+
+    def __init__(self, path: str | Path, step: TrainStep, config: dict):
+        self.path, self.step, self.config = check_checkpoint_path(path), step, config
+        self.last: tuple[int, int, int] | None = None  # (epoch, batch, step) of the last save
+
+    def __call__(self, epoch: int, batch: int, n_steps: int, history: History) -> None:
+        save_checkpoint(self.path, self.step.model, self.step.optimizer, self.step.scheduler, self.step.scaler,
+                        epoch, batch, n_steps, self.config, history)
+        self.last = (epoch, batch, n_steps)
+
+
+@contextlib.contextmanager
+def _explain_interrupt(saver: _Checkpointer | None):
+    """On Ctrl-C (Jupyter's stop button), say in one line what survives and how to go on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if saver is None:
+            where = "Nothing was saved: pass checkpoint='checkpoints/run.pt' to fit to be able to resume."
+        elif saver.last is None and not saver.path.is_file():
+            where = f"No checkpoint was written yet at {saver.path} (the first save comes at the end of an epoch)."
+        else:
+            done = f" after step {saver.last[2]}" if saver.last else ""
+            where = (f"The last checkpoint{done} is at {saver.path}: call fit again with the same arguments "
+                     "and resume=True to continue from it.")
+        raise KeyboardInterrupt(f"Training stopped by an interrupt. {where}") from None
+
+
+def _resume(checkpoint: str | Path, step: TrainStep, batches: _Batches, config: dict, progress: bool):
     """Load a run saved by fit into ``step``; return (history, epoch, batch, steps done)."""
-    state = load_checkpoint(checkpoint, step.model, step.optimizer, step.scheduler, step.scaler,
-                            map_location=step.device)
+    state = _read_checkpoint(Path(checkpoint), step.device)
+    saved = state.get("config", {})
+    fixed = ("batch_size", "lr", "schedule", "images") + (("epochs",) if config["schedule"] not in (None, "none") else ())
+    changed = {k: (saved[k], config[k]) for k in fixed if k in saved and saved[k] != config[k]}
+    if changed:  # the schedule was laid out for the saved run: continuing it with other settings is undefined
+        what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+        raise CourseError(
+            f"resume=True continues the run saved in {checkpoint} exactly as it was started, but this call "
+            f"changes {what}. To resume, repeat the original settings. To train longer, start a new run from "
+            f"its weights: cu.load_checkpoint({str(checkpoint)!r}, model), then fit(model, ..., epochs=<more>, "
+            "checkpoint=<a new path>) (a fresh learning-rate schedule over the extra epochs).")
+    _apply_checkpoint(state, Path(checkpoint), step.model, step.optimizer, step.scheduler, step.scaler)
     if not batches.replayable and state["batch"]:
         raise CourseError("Resuming mid-epoch needs ImageData as training data (a DataLoader cannot "
                           "replay its order); save only at epoch ends (checkpoint_every=None).")

@@ -87,7 +87,8 @@ def test_image_size_not_divisible_by_the_total_stride():
 
 
 def test_wrong_image_size_is_caught_before_training(fashion_test):
-    with pytest.raises(cu.CourseError, match=r"PaperspaceAutoencoder cannot take images of shape \(1, 28, 28\)"):
+    with pytest.raises(cu.CourseError, match=r"PaperspaceAutoencoder takes 3-channel images \(RGB colour\), but "
+                                             r"the data has 1 channel\(s\) \(grey\)"):
         cu.fit(cu.PaperspaceAutoencoder(), fashion_test.subset(256), epochs=1, progress=False)
     model = cu.ConvAutoencoder(32, 1, (8, 16), 8)
     with pytest.raises(cu.CourseError, match=r"takes images of 1x32x32, got a batch of \(1, 1, 28, 28\)"):
@@ -146,7 +147,7 @@ def test_damaged_checkpoint_file(tmp_path):
 
 
 @pytest.mark.parametrize("call, fragment", [
-    (lambda: cu.make_activation("swish"), "Unknown activation 'swish'"),
+    (lambda: cu.ConvEncoder(3, (8,), activation="swish"), "Unknown activation 'swish'"),
     (lambda: cu.ConvEncoder(3, (8,), downsample="avg"), "downsample must be 'pool' or 'stride'"),
     (lambda: cu.ConvDecoder(3, (8,), upsample="pixelshuffle"), "upsample must be 'transposed', 'nearest'"),
     (lambda: cu.ConvAutoencoder(32, 3, (8,), 4, bottleneck="conv"), "bottleneck must be 'flat' or 'spatial'"),

@@ -1,0 +1,137 @@
+"""Learner workflows around fit: train longer, bad checkpoint paths, a full disk, Ctrl-C, wrong channels."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import course_utils as cu
+from course_utils import training
+
+from conftest import needs_fashion
+
+OPTIONS = dict(batch_size=64, lr=1e-3, device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def small(fashion_test) -> cu.ImageData:
+    return fashion_test.subset(256)
+
+
+def test_resume_with_more_epochs_fails_before_any_work_and_says_how_to_train_longer(tmp_path, small):
+    path = tmp_path / "run.pt"
+    model = cu.KapilshAutoencoder()
+    cu.fit(model, small, epochs=2, checkpoint=path, **OPTIONS)
+    before = path.stat().st_mtime_ns
+    with pytest.raises(cu.CourseError, match=r"changes epochs 2 -> 4.*To train longer, start a new run from its "
+                                             r"weights: cu.load_checkpoint"):
+        cu.fit(cu.KapilshAutoencoder(), small, epochs=4, checkpoint=path, resume=True, **OPTIONS)
+    assert path.stat().st_mtime_ns == before  # nothing was trained or written
+    # the advice works: a new run from the saved weights, with its own schedule
+    again = cu.KapilshAutoencoder()
+    cu.load_checkpoint(path, again)
+    history = cu.fit(again, small, epochs=2, checkpoint=tmp_path / "longer.pt", **OPTIONS)
+    assert len(history) == 2
+
+
+def test_without_a_schedule_resume_can_extend_the_run(tmp_path, small):
+    path = tmp_path / "run.pt"
+    cu.fit(cu.KapilshAutoencoder(), small, epochs=1, schedule=None, checkpoint=path, **OPTIONS)
+    history = cu.fit(cu.KapilshAutoencoder(), small, epochs=3, schedule=None, checkpoint=path, resume=True, **OPTIONS)
+    assert history["epoch"] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("make_path", ["file_in_the_way", "folder_given"])
+def test_a_checkpoint_path_that_cannot_be_written_fails_before_training(tmp_path, small, make_path, monkeypatch):
+    if make_path == "file_in_the_way":
+        (tmp_path / "results").write_text("not a folder")
+        path, message = tmp_path / "results" / "ck.pt", r"results is a file, not a folder"
+    else:
+        path, message = tmp_path, r"is a folder; give a file path in it"
+    steps = []
+    monkeypatch.setattr(training.TrainStep, "__call__", lambda self, x, target=None: steps.append(1))
+    with pytest.raises(cu.CheckpointError, match=message):
+        cu.fit(cu.KapilshAutoencoder(), small, epochs=1, checkpoint=path, **OPTIONS)
+    assert steps == []  # not one step was spent
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere: permissions cannot be tested as root")
+def test_an_unwritable_folder_fails_before_training(tmp_path, small):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(cu.CheckpointError, match="is not writable by this user"):
+            cu.fit(cu.KapilshAutoencoder(), small, epochs=1, checkpoint=locked / "ck.pt", **OPTIONS)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_an_unwritable_folder_is_reported(tmp_path, monkeypatch):
+    """The same check as root: the temporary probe file cannot be created (as on a read-only mount)."""
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(training.tempfile, "TemporaryFile", refuse)
+    with pytest.raises(cu.CheckpointError, match=r"is not writable by this user \(Permission denied\)"):
+        training.check_checkpoint_path(tmp_path / "ck.pt")
+
+
+def test_a_full_disk_says_so_and_keeps_the_previous_checkpoint(tmp_path, small, monkeypatch):
+    path = tmp_path / "run.pt"
+    model = cu.KapilshAutoencoder()
+    cu.fit(model, small, epochs=1, checkpoint=path, **OPTIONS)
+    good = path.read_bytes()
+
+    real_save = torch.save
+
+    def save_on_a_full_disk(obj, f, *args, **kwargs):
+        f.write(b"x" * 100)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")  # what torch says
+
+    monkeypatch.setattr(training.torch, "save", save_on_a_full_disk)
+    usage = training.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(training.shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    with pytest.raises(cu.CheckpointError, match=r"The disk holding .* is full \(0.0 MiB free.*The previous "
+                                                 r"checkpoint at .*run.pt is intact"):
+        cu.save_checkpoint(path, model)
+    monkeypatch.setattr(training.torch, "save", real_save)
+    assert path.read_bytes() == good
+    assert not list(tmp_path.glob(".*.tmp"))  # the half-written temporary file is gone
+    cu.load_checkpoint(path, cu.KapilshAutoencoder())
+
+
+def test_other_save_errors_are_not_called_a_full_disk(tmp_path, monkeypatch):
+    def broken(obj, f, *args, **kwargs):
+        raise RuntimeError("something else")
+    monkeypatch.setattr(training.torch, "save", broken)
+    with pytest.raises(RuntimeError, match="something else"):
+        cu.save_checkpoint(tmp_path / "ck.pt", cu.KapilshAutoencoder())
+
+
+def test_ctrl_c_says_where_the_last_checkpoint_is_and_resume_works(tmp_path, small):
+    path = tmp_path / "run.pt"
+    calls = []
+
+    def interrupt_at_step_7(x):
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return x
+
+    with pytest.raises(KeyboardInterrupt, match=r"The last checkpoint after step 5 is at .*run.pt: call fit "
+                                                r"again with the same arguments and resume=True"):
+        cu.fit(cu.KapilshAutoencoder(), small, epochs=2, checkpoint=path, checkpoint_every=5,
+               input_transform=interrupt_at_step_7, **OPTIONS)
+    history = cu.fit(cu.KapilshAutoencoder(), small, epochs=2, checkpoint=path, checkpoint_every=5, resume=True,
+                     **OPTIONS)
+    assert history["epoch"] == [1, 2]
+    with pytest.raises(KeyboardInterrupt, match="Nothing was saved: pass checkpoint="):
+        cu.fit(cu.KapilshAutoencoder(), small, epochs=1, input_transform=lambda x: (_ for _ in ()).throw(
+            KeyboardInterrupt), **OPTIONS)
+
+
+@needs_fashion
+def test_rgb_model_on_grey_images_names_the_channels(small):
+    with pytest.raises(cu.CourseError, match=r"takes 3-channel images \(RGB colour\), but the data has 1 "
+                                             r"channel\(s\) \(grey\).*images.repeat\(1, 3, 1, 1\)"):
+        cu.fit(cu.recommended_autoencoder((3, 28, 28), 196), small, epochs=1, **OPTIONS)
