@@ -1,28 +1,97 @@
 """Shared helpers for the convolutional-autoencoder course: ``import course_utils as cu``.
 
-Split by role: ``environment`` (device, seeds, profiles), ``data`` (loading, packs, batches),
-``models`` (encoders, decoders, bottlenecks, seed replicas), ``training`` (fit, checkpoints),
-``metrics`` (MSE, PSNR, SSIM, PCA baseline) and ``plots`` (figures).
-"""
-from .data import (DATASETS, DeviceBatches, ImageData, ImageDataset, data_root, load_dataset,
-                   load_image_folder, pack_path, read_pack, resize_images, to_float, to_uint8, write_pack)
-from .environment import PROFILES, Profile, cpu_name, describe_setup, get_device, get_profile, in_colab, seed_everything
-from .errors import CheckpointError, CorruptPackError, CourseError, DataNotFoundError, TrainingDivergedError
-from .metrics import accuracy, embed_images, evaluate, pca_baseline, per_image_errors, psnr_from_mse, reconstruct
-from .models import (SEED_MODELS, ConvClassifier, AnothertechsAutoencoder, ConvAutoencoder, ConvDecoder, ConvEncoder,
-                     FlatBottleneck, GeeksforGeeksAutoencoder, KapilshAutoencoder, PaperspaceAutoencoder,
-                     SpatialBottleneck, conv_output_size, conv_transpose_output_size, count_parameters,
-                     flops_per_image, make_activation, recommended_autoencoder, transposed_padding,
-                     RECOMMENDED_TRAINING)
-from .plots import plot_comparison, plot_losses, results_table, show_feature_maps, show_images, show_reconstructions
-from .training import History, check_model_fits, fit, fit_classifier, fit_with_batch_fallback, load_checkpoint, save_checkpoint
+Core modules, by role (each imports only the ones above it):
 
+- ``errors``: `CourseError` and its kinds, for mistakes a learner can fix.
+- ``environment``: device, seeding, the hardware profile that sizes every experiment, the setup line.
+- ``files``: atomic writes, so no reader ever sees half a file.
+- ``data``: datasets as uint8 tensors (packs, system copies, downloads), your own pictures, batches.
+- ``models``: encoder and decoder blocks, bottlenecks, `ConvAutoencoder`, the recommended recipe, a classifier.
+- ``replicas``: exact replicas of the seed tutorials' models (and UvA tutorial 9's), each with ``encode``.
+- ``engine``: the training step, written once (`TrainStep`), `eval_mode` and the device choices.
+- ``metrics``: MSE, PSNR and SSIM over a split, reconstructions, codes, accuracy, the PCA baseline.
+- ``training``: `fit` (resumable), `fit_classifier`, `History`, checkpoints.
+- ``layers``: look inside a network: layer tables, receptive fields, feature maps, FLOPs.
+- ``timing``: honest speed measurements (timed blocks, medians, turns) and FLOP/s.
+- ``experiments``: controlled comparisons and code-size sweeps (`Comparison`).
+- ``plots``: figures (matplotlib is imported only when one is drawn).
+
+Chapter-only helpers, one module per chapter (``course_utils.chapters``):
+
+- ``ch02_pooling_vs_strided``: influence maps, shifted images, shift sensitivity, the chapter's models.
+- ``ch03_transposed_convolutions``: overlap, error and edge maps, grid contrast, the chapter's decoders.
+- ``ch04_bottleneck_size``: compression tables, code shapes, the one-pass PCA curve, sharpness.
+- ``ch05_fast_training``: the seed tutorials' loop, the improvement ladder, GPU memory by batch size.
+
+Everything in ``__all__`` is reachable as ``cu.<name>``; the rest by module path
+(e.g. ``cu.data.pack_path``).
+"""
 __version__ = "0.1.0"
-from .experiments import Comparison, code_size, compare_models
-from .inspect import feature_maps, layer_table, receptive_field
-from .timing import Throughput, TimedSteps, interleave, matmul_flops, measure_throughput, speedup_table, training_flops
-from .chapters.ch05_fast_training import fit_tutorial_style, improvement_ladder, peak_memory_by_batch_size, tutorial_transform
+
+# --------------------------------------------------------------------------- core
+from .errors import CheckpointError, CorruptPackError, CourseError, DataNotFoundError, TrainingDivergedError
+from .environment import PROFILES, Profile, cpu_name, describe_setup, get_device, get_profile, seed_everything
+from .data import (DeviceBatches, ImageData, ImageDataset, load_dataset, load_image_folder, read_pack,
+                   resize_images, to_float, to_uint8, write_pack)
+from .models import (RECOMMENDED_TRAINING, ConvAutoencoder, ConvClassifier, ConvDecoder, ConvEncoder,
+                     conv_output_size, conv_transpose_output_size, count_parameters, recommended_autoencoder,
+                     transposed_padding)
+from .replicas import (AnothertechsAutoencoder, GeeksforGeeksAutoencoder, KapilshAutoencoder,
+                       PaperspaceAutoencoder, UvATutorial9Autoencoder)
 from .engine import TrainStep, cpu_has_native_bf16, eval_mode, resolve_amp
-from .upsampling import edge_map, error_map, fold_tiles, grid_contrast, grid_tile, overlap_map, upsampling_layer
-from .downsampling import influence_map, plot_receptive_fields, plot_shift_sensitivity, shift_images, shift_sensitivity
-from .bottleneck import (bottleneck_map, code_shape, compression_table, gradient_energy, pca_curve, plot_code_size_curve, spatial_code_size, sweep_code_sizes)
+from .metrics import accuracy, embed_images, evaluate, pca_baseline, per_image_errors, psnr_from_mse, reconstruct
+from .training import History, fit, fit_classifier, fit_with_batch_fallback, load_checkpoint, save_checkpoint
+from .layers import feature_maps, flops_per_image, layer_table, receptive_field
+from .timing import Throughput, interleave, matmul_flops, measure_throughput, speedup_table, training_flops
+from .experiments import Comparison, code_size, compare_models, sweep_code_sizes
+from .plots import (plot_comparison, plot_losses, plot_speedups, results_table, show_feature_maps, show_images,
+                    show_reconstructions)
+
+# --------------------------------------------------------------------------- chapters
+from .chapters.ch02_pooling_vs_strided import (influence_map, plot_receptive_fields, plot_shift_sensitivity,
+                                               shift_images, shift_sensitivity)
+from .chapters.ch03_transposed_convolutions import edge_map, error_map, grid_contrast, grid_tile, overlap_map
+from .chapters.ch04_bottleneck_size import (bottleneck_map, code_shape, compression_table, gradient_energy,
+                                            pca_curve, plot_code_size_curve, spatial_code_size)
+from .chapters.ch05_fast_training import (fit_tutorial_style, improvement_ladder, peak_memory_by_batch_size,
+                                          tutorial_transform)
+
+__all__ = [
+    # errors
+    "CheckpointError", "CorruptPackError", "CourseError", "DataNotFoundError", "TrainingDivergedError",
+    # environment
+    "PROFILES", "Profile", "cpu_name", "describe_setup", "get_device", "get_profile", "seed_everything",
+    # data
+    "DeviceBatches", "ImageData", "ImageDataset", "load_dataset", "load_image_folder", "read_pack",
+    "resize_images", "to_float", "to_uint8", "write_pack",
+    # models
+    "RECOMMENDED_TRAINING", "ConvAutoencoder", "ConvClassifier", "ConvDecoder", "ConvEncoder", "conv_output_size",
+    "conv_transpose_output_size", "count_parameters", "recommended_autoencoder", "transposed_padding",
+    # replicas
+    "AnothertechsAutoencoder", "GeeksforGeeksAutoencoder", "KapilshAutoencoder", "PaperspaceAutoencoder",
+    "UvATutorial9Autoencoder",
+    # engine
+    "TrainStep", "cpu_has_native_bf16", "eval_mode", "resolve_amp",
+    # metrics
+    "accuracy", "embed_images", "evaluate", "pca_baseline", "per_image_errors", "psnr_from_mse", "reconstruct",
+    # training
+    "History", "fit", "fit_classifier", "fit_with_batch_fallback", "load_checkpoint", "save_checkpoint",
+    # layers
+    "feature_maps", "flops_per_image", "layer_table", "receptive_field",
+    # timing
+    "Throughput", "interleave", "matmul_flops", "measure_throughput", "speedup_table", "training_flops",
+    # experiments
+    "Comparison", "code_size", "compare_models", "sweep_code_sizes",
+    # plots
+    "plot_comparison", "plot_losses", "plot_speedups", "results_table", "show_feature_maps", "show_images",
+    "show_reconstructions",
+    # chapter 02: pooling vs strided encoders
+    "influence_map", "plot_receptive_fields", "plot_shift_sensitivity", "shift_images", "shift_sensitivity",
+    # chapter 03: transposed convolutions
+    "edge_map", "error_map", "grid_contrast", "grid_tile", "overlap_map",
+    # chapter 04: bottleneck size
+    "bottleneck_map", "code_shape", "compression_table", "gradient_energy", "pca_curve", "plot_code_size_curve",
+    "spatial_code_size",
+    # chapter 05: fast training
+    "fit_tutorial_style", "improvement_ladder", "peak_memory_by_batch_size", "tutorial_transform",
+]

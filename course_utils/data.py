@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .environment import Profile, in_colab
 from .errors import CorruptPackError, CourseError, DataNotFoundError
 from .files import atomic_write
 
@@ -43,19 +44,15 @@ class DatasetInfo:
     """What the course knows about one named dataset."""
 
     splits: tuple[str, ...]
-    channels: int
     image_size: int  # side of the square images the pack stores
-    note: str
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "fashion-mnist": DatasetInfo(("train", "test"), 1, 28, "Zalando's 28x28 grey clothing images"),
-    "cifar10": DatasetInfo(("train", "test"), 3, 32, "32x32 colour photos in 10 classes"),
-    "stl10": DatasetInfo(("train", "test"), 3, 96, "96x96 colour photos (labelled splits)"),
-    "flowers102": DatasetInfo(("train", "val", "test"), 3, 64,
-                              "Oxford flowers, shorter side resized to 64 then centre-cropped to 64x64"),
+    "fashion-mnist": DatasetInfo(("train", "test"), 28),  # Zalando's grey clothing images
+    "cifar10": DatasetInfo(("train", "test"), 32),  # colour photos in 10 classes
+    "stl10": DatasetInfo(("train", "test"), 96),  # colour photos (the labelled splits)
+    "flowers102": DatasetInfo(("train", "val", "test"), 64),  # Oxford flowers, resized and centre-cropped
 }
-FLOWERS_SIZE = 64
 
 
 # --------------------------------------------------------------------------- containers
@@ -101,7 +98,13 @@ class ImageData:
 
 
 def to_float(images: torch.Tensor, value_range: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
-    """Convert a uint8 batch to float32 scaled to ``value_range``, in one vectorised step."""
+    """Convert uint8 images to float32 scaled to ``value_range``; float images are taken as scaled already.
+
+    The one uint8 => float conversion of the course (its inverse is `to_uint8`), in one
+    vectorised step. Float input comes back as float32, unchanged otherwise (never modified in place).
+    """
+    if images.dtype != torch.uint8:
+        return images.float()
     low, high = value_range
     x = images.float()
     return x.mul_((high - low) / 255.0).add_(low) if (low, high) != (0.0, 1.0) else x.div_(255.0)
@@ -117,7 +120,7 @@ def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (0.0, 1.0)
 # --------------------------------------------------------------------------- roots
 def user_cache_dir() -> Path:
     """Return the per-user cache folder used when no repository ``data/`` folder exists."""
-    if Path("/content").is_dir() and "COLAB_RELEASE_TAG" in os.environ:
+    if in_colab():
         return Path("/content/course_data")
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "course_utils"
@@ -273,7 +276,8 @@ def _from_torchvision(name: str, split: str, download_dir: Path) -> tuple[np.nda
         return ds.data.transpose(0, 2, 3, 1).copy(), ds.labels.astype(np.int64), list(ds.classes)
     if name == "flowers102":
         ds = tvd.Flowers102(download_dir, split=split, download=True)
-        images = np.stack([np.asarray(_resize_center_crop(ds[i][0], FLOWERS_SIZE))
+        size = DATASETS[name].image_size
+        images = np.stack([np.asarray(_resize_center_crop(ds[i][0], size))
                            for i in tqdm(range(len(ds)), desc=f"resizing flowers102/{split}")])
         labels = np.asarray(ds._labels, dtype=np.int64)  # read directly: ds[i] would decode again
         classes = list(getattr(ds, "classes", [])) or [f"flower {i}" for i in range(102)]
@@ -306,9 +310,14 @@ def resize_images(images: torch.Tensor, size: int, chunk: int = 2048) -> torch.T
     return torch.cat(out)
 
 
-def load_dataset(name: str, split: str = "train", image_size: int | None = None,
-                 download: bool = True) -> ImageData:
-    """Load a dataset split as uint8 tensors: from a pack, a system copy, or a download."""
+def load_dataset(name: str, split: str = "train", image_size: int | None = None, download: bool = True,
+                 profile: Profile | None = None) -> ImageData:
+    """Load a dataset split as uint8 tensors: from a pack, a system copy, or a download.
+
+    With ``profile``, return the profile's share of the split: ``profile.take(...)`` images
+    (its train size for the train split, its test size for the others), the same random subset
+    (seed 0) every time, so every chapter that asks gets the same images.
+    """
     key = _check_name(name, split)
     data: ImageData | None = None
     for path in _candidate_packs(key, split):
@@ -335,6 +344,8 @@ def load_dataset(name: str, split: str = "train", image_size: int | None = None,
         data = ImageData(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous(),
                          torch.from_numpy(labels), classes, key, split)
     data.name, data.split = key, split
+    if profile is not None:
+        data = data.subset(profile.take(len(data), "train" if split == "train" else "test"), seed=0)
     if image_size is not None:
         data = dataclasses.replace(data, images=resize_images(data.images, image_size))
     return data

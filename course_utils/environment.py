@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import platform
 import random
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,6 +51,9 @@ class Profile:
     batch_size: int
     sweep_epochs: int  # epochs for each run of a sweep (many models in one notebook)
     compile: bool  # torch.compile pays off only on long GPU runs
+    sweep_share: float  # share of the training images each run of a many-model sweep trains on (chapter 04)
+    images_per_repeat: int  # images in each timed block of a speed measurement (chapter 05)
+    timing_repeats: int  # timed blocks per speed measurement; the rate reported is their median (chapter 05)
     description: str
 
     def take(self, n_available: int, which: str = "train") -> int:
@@ -58,12 +63,15 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "smoke": Profile("smoke", 1024, 512, 1, 128, 1, False,
-                     "CI regression run: seconds per experiment, numbers are not meaningful"),
-    "laptop": Profile("laptop", 12_000, 2_000, 4, 128, 2, False,
-                      "2-core CPU: each notebook in at most 5 minutes"),
-    "gpu": Profile("gpu", None, None, 30, 256, 15, True,
-                   "one CUDA GPU: full splits, full-length training"),
+    "smoke": Profile("smoke", train_images=1024, test_images=512, epochs=1, batch_size=128, sweep_epochs=1,
+                     compile=False, sweep_share=0.5, images_per_repeat=256, timing_repeats=1,
+                     description="CI regression run: seconds per experiment, numbers are not meaningful"),
+    "laptop": Profile("laptop", train_images=12_000, test_images=2_000, epochs=4, batch_size=128, sweep_epochs=2,
+                      compile=False, sweep_share=0.5, images_per_repeat=1024, timing_repeats=5,
+                      description="2-core CPU: each notebook in at most 5 minutes"),
+    "gpu": Profile("gpu", train_images=None, test_images=None, epochs=30, batch_size=256, sweep_epochs=15,
+                   compile=True, sweep_share=1.0, images_per_repeat=16384, timing_repeats=5,
+                   description="one CUDA GPU: full splits, full-length training"),
 }
 
 
@@ -92,8 +100,6 @@ def describe_setup(profile: Profile | None = None, device: torch.device | None =
 
 def cpu_name() -> str:
     """Return the processor's model name (from /proc/cpuinfo where there is one)."""
-    import platform
-    from pathlib import Path
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

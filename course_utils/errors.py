@@ -1,4 +1,4 @@
-"""The one exception type the course raises for mistakes a learner can fix."""
+"""The exceptions the course raises for mistakes a learner can fix: `CourseError` and four kinds of it."""
 
 
 class CourseError(Exception):

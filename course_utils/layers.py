@@ -1,10 +1,13 @@
 """Look inside a network: per-layer output shapes, parameters, FLOPs and receptive fields."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from .engine import eval_mode
 
 LEAVES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.MaxPool2d, nn.AvgPool2d, nn.Upsample,
           nn.BatchNorm2d, nn.Flatten, nn.Unflatten, nn.AdaptiveAvgPool2d)
@@ -61,15 +64,12 @@ def layer_table(model: nn.Module, input_shape: Sequence[int], receptive_field: b
     for name, module in model.named_modules():
         if isinstance(module, LEAVES) or (len(list(module.children())) == 0 and name):
             hooks.append(module.register_forward_hook(hook(name)))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     frame = pd.DataFrame(rows)
     if receptive_field:
         frame["receptive field"] = frame["receptive field"].astype("Int64")
@@ -95,12 +95,23 @@ def feature_maps(model: nn.Module, images: torch.Tensor, layer_types=(nn.Conv2d,
         if isinstance(module, layer_types):
             hooks.append(module.register_forward_hook(
                 lambda m, i, o, name=name: maps.__setitem__(name, o.detach().cpu())))
-    was_training = model.training
-    model.eval()
     try:
-        model(images.to(next(model.parameters()).device))
+        with eval_mode(model):
+            model(images.to(next(model.parameters()).device))
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     return maps
+
+
+def flops_per_image(model: nn.Module, image_shape: Sequence[int], backward: bool = True) -> int:
+    """Return the FLOPs of one training step per image (forward, plus backward when asked)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    x = torch.zeros(2, *image_shape)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = model(x)
+        if backward:
+            out.float().pow(2).mean().backward()
+    model.zero_grad(set_to_none=True)
+    return math.ceil(counter.get_total_flops() / 2)

@@ -1,4 +1,4 @@
-"""Reconstruction quality on [0, 1] images: MSE, PSNR and SSIM over a whole split, and a PCA baseline."""
+"""Score models over a whole split: reconstruction MSE, PSNR and SSIM on [0, 1], a PCA baseline, codes, accuracy."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from .data import DeviceBatches, ImageData, to_float
-from .environment import get_device
+from .engine import eval_mode
+from .errors import CourseError
 
 
 def model_value_range(model: nn.Module) -> tuple[float, float]:
@@ -28,13 +29,11 @@ def reconstruct(model: nn.Module, images: torch.Tensor | ImageData, batch_size: 
     images = images.images if isinstance(images, ImageData) else images
     device = device or next(model.parameters()).device
     low, high = model_value_range(model)
-    was_training = model.training
-    model.eval()
     out = []
-    for i in range(0, images.shape[0], batch_size):
-        x = to_float(images[i:i + batch_size].to(device), (low, high))
-        out.append(((model(x).float() - low) / (high - low)).clamp_(0, 1).cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, images.shape[0], batch_size):
+            x = to_float(images[i:i + batch_size].to(device), (low, high))
+            out.append(((model(x).float() - low) / (high - low)).clamp_(0, 1).cpu())
     return torch.cat(out)
 
 
@@ -49,17 +48,15 @@ def evaluate(model: nn.Module, data: ImageData | torch.Tensor, batch_size: int =
     psnr = PeakSignalNoiseRatio(data_range=1.0).to(device)
     ssim_metric = StructuralSimilarityIndexMeasure(data_range=1.0).to(device) if ssim else None
     sq_error, count = torch.zeros((), device=device, dtype=torch.float64), 0
-    was_training = model.training
-    model.eval()
-    for x in DeviceBatches(data, min(batch_size, len(data)), device, shuffle=False, value_range=(low, high)):
-        y = ((model(x).float() - low) / (high - low)).clamp_(0, 1)
-        target = (x - low) / (high - low)
-        sq_error += (y - target).pow(2).sum(dtype=torch.float64)
-        count += target.numel()
-        psnr.update(y, target)
-        if ssim_metric is not None:
-            ssim_metric.update(y, target)
-    model.train(was_training)
+    with eval_mode(model):
+        for x in DeviceBatches(data, min(batch_size, len(data)), device, shuffle=False, value_range=(low, high)):
+            y = ((model(x).float() - low) / (high - low)).clamp_(0, 1)
+            target = (x - low) / (high - low)
+            sq_error += (y - target).pow(2).sum(dtype=torch.float64)
+            count += target.numel()
+            psnr.update(y, target)
+            if ssim_metric is not None:
+                ssim_metric.update(y, target)
     mse = float(sq_error) / count
     result = {"mse": mse, "psnr": float(psnr.compute())}
     if ssim_metric is not None:
@@ -72,21 +69,18 @@ def per_image_errors(model: nn.Module, data: ImageData | torch.Tensor, batch_siz
     """Return each image's reconstruction MSE on [0, 1] (for ranking or anomaly scores)."""
     images = data.images if isinstance(data, ImageData) else data
     recon = reconstruct(model, images, batch_size)
-    return (recon - images.float().div(255)).pow(2).flatten(1).mean(1)
+    return (recon - to_float(images)).pow(2).flatten(1).mean(1)
 
 
 @torch.no_grad()
 def embed_images(model: nn.Module, data: ImageData | torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Return the codes (flattened) that the model's encoder gives a set of uint8 images."""
+    """Return the codes (flattened) that ``model.encode`` gives a set of uint8 images."""
     images = data.images if isinstance(data, ImageData) else data
     device = next(model.parameters()).device
     low, high = model_value_range(model)
-    encode = model.encode if hasattr(model, "encode") else model.encoder
-    was_training = model.training
-    model.eval()
-    codes = [encode(to_float(images[i:i + batch_size].to(device), (low, high))).flatten(1).cpu()
-             for i in range(0, images.shape[0], batch_size)]
-    model.train(was_training)
+    with eval_mode(model):
+        codes = [model.encode(to_float(images[i:i + batch_size].to(device), (low, high))).flatten(1).cpu()
+                 for i in range(0, images.shape[0], batch_size)]
     return torch.cat(codes)
 
 
@@ -94,21 +88,20 @@ def pca_baseline(train: ImageData, test: ImageData, n_components: int, seed: int
                  return_reconstructions: bool = False) -> dict:
     """Fit PCA with ``n_components`` on the train split and score reconstructions of the test split."""
     from sklearn.decomposition import PCA
-    from .errors import CourseError
+    from torchmetrics.functional.image import structural_similarity_index_measure
 
     dims = int(np.prod(train.image_shape))
     if not 0 < n_components <= min(dims, len(train)):
         raise CourseError(f"PCA needs 1 <= n_components <= min(pixels, train images) = "
                           f"{min(dims, len(train))}, got {n_components}.")
-    x_train = train.images.flatten(1).numpy().astype(np.float32) / 255.0
-    x_test = test.images.flatten(1).numpy().astype(np.float32) / 255.0
+    x_train = to_float(train.images).flatten(1).numpy()
+    x_test = to_float(test.images).flatten(1).numpy()
     solver = "covariance_eigh" if len(train) > 2 * dims else "auto"  # exact and fast when N >> pixels
     pca = PCA(n_components=n_components, svd_solver=solver, random_state=seed).fit(x_train)
     recon = np.clip(pca.inverse_transform(pca.transform(x_test)), 0.0, 1.0)
     recon_t = torch.from_numpy(recon.astype(np.float32)).view(-1, *test.image_shape)
     target = to_float(test.images)
     mse = float(((recon_t - target) ** 2).mean())
-    from torchmetrics.functional.image import structural_similarity_index_measure
     ssim = float(structural_similarity_index_measure(recon_t, target, data_range=1.0))
     result = {"mse": mse, "psnr": psnr_from_mse(mse), "ssim": ssim,
               "explained_variance": float(pca.explained_variance_ratio_.sum())}
@@ -121,10 +114,8 @@ def pca_baseline(train: ImageData, test: ImageData, n_components: int, seed: int
 def accuracy(model: nn.Module, data: ImageData, batch_size: int = 1000) -> float:
     """Return a classifier's accuracy (fraction correct) over a whole split."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    for x, y in DeviceBatches(data, min(batch_size, len(data)), device, shuffle=False, with_labels=True):
-        correct += (model(x).argmax(1) == y).sum()
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in DeviceBatches(data, min(batch_size, len(data)), device, shuffle=False, with_labels=True):
+            correct += (model(x).argmax(1) == y).sum()
     return int(correct) / len(data)

@@ -1,7 +1,6 @@
-"""Encoders, decoders, bottlenecks, a configurable autoencoder, and replicas of four tutorials' models."""
+"""Encoders, decoders and bottlenecks, the configurable autoencoder, the recommended recipe, a small classifier."""
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -27,7 +26,8 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def _check_positive(what: str, values: Sequence[int] | int) -> None:
+def check_positive(what: str, values: Sequence[int] | int) -> None:
+    """Raise CourseError unless every value is a positive whole number."""
     for v in ([values] if isinstance(values, int) else values):
         if not isinstance(v, int) or v <= 0:
             raise CourseError(f"{what} must be positive whole numbers, got {values!r}.")
@@ -60,7 +60,7 @@ class ConvEncoder(nn.Sequential):
 
     def __init__(self, in_channels: int, widths: Sequence[int] = (32, 64, 128), downsample: str = "stride",
                  activation: str = "relu", convs_per_stage: int = 1, batch_norm: bool = False):
-        _check_positive("Encoder widths", list(widths))
+        check_positive("Encoder widths", list(widths))
         if downsample not in ("pool", "stride"):
             raise CourseError(f"downsample must be 'pool' or 'stride', got {downsample!r}.")
         layers: list[nn.Module] = []
@@ -85,7 +85,7 @@ class ConvDecoder(nn.Sequential):
     def __init__(self, out_channels: int, widths: Sequence[int] = (128, 64, 32), upsample: str = "transposed",
                  kernel_size: int = 4, activation: str = "relu", convs_per_stage: int = 1,
                  batch_norm: bool = False, output_activation: str | None = "sigmoid"):
-        _check_positive("Decoder widths", list(widths))
+        check_positive("Decoder widths", list(widths))
         if upsample not in ("transposed", "nearest", "bilinear"):
             raise CourseError(f"upsample must be 'transposed', 'nearest' or 'bilinear', got {upsample!r}.")
         layers: list[nn.Module] = []
@@ -117,7 +117,7 @@ class FlatBottleneck(nn.Module):
 
     def __init__(self, channels: int, height: int, width: int, latent: int, activation: str = "relu"):
         super().__init__()
-        _check_positive("latent", latent)
+        check_positive("latent", latent)
         n = channels * height * width
         self.encode = nn.Sequential(nn.Flatten(), nn.Linear(n, latent))  # C x h x w => latent
         self.decode = nn.Sequential(nn.Linear(latent, n), make_activation(activation),  # latent => C*h*w
@@ -130,7 +130,7 @@ class SpatialBottleneck(nn.Module):
 
     def __init__(self, channels: int, height: int, width: int, latent_channels: int, activation: str = "relu"):
         super().__init__()
-        _check_positive("latent_channels", latent_channels)
+        check_positive("latent_channels", latent_channels)
         self.encode = nn.Conv2d(channels, latent_channels, 1)  # C x h x w => L x h x w
         self.decode = nn.Sequential(nn.Conv2d(latent_channels, channels, 1), make_activation(activation))
         self.code_size = latent_channels * height * width
@@ -144,9 +144,9 @@ class ConvAutoencoder(nn.Module):
                  upsample: str = "transposed", kernel_size: int = 4, activation: str = "relu",
                  convs_per_stage: int = 1, batch_norm: bool = False, output_activation: str | None = "sigmoid"):
         super().__init__()
-        _check_positive("widths", list(widths))
-        _check_positive("latent", latent)
-        _check_positive("image_size", image_size)
+        check_positive("widths", list(widths))
+        check_positive("latent", latent)
+        check_positive("image_size", image_size)
         stride = 2 ** len(widths)
         if image_size % stride:
             good = max(stride, round(image_size / stride) * stride)
@@ -229,146 +229,14 @@ def recommended_autoencoder(image_shape: Sequence[int] = (3, 32, 32), latent: in
                            batch_norm=True, output_activation="sigmoid")
 
 
-# --------------------------------------------------------------------------- seed tutorials
-class GeeksforGeeksAutoencoder(nn.Module):
-    """GeeksforGeeks, "Implement Convolutional Autoencoder in PyTorch with CUDA" (Flowers102 at 64x64)."""
-
-    source = "GeeksforGeeks: Implement Convolutional Autoencoder in PyTorch with CUDA"
-    value_range = (0.0, 1.0)
-
-    def __init__(self):
-        super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),  # 3x64x64 => 16x64x64
-            nn.MaxPool2d(2),  # 16x64x64 => 16x32x32
-            nn.Conv2d(16, 8, 3, padding=1), nn.ReLU(),  # 16x32x32 => 8x32x32
-            nn.MaxPool2d(2),  # 8x32x32 => 8x16x16 (the code: 2,048 values)
-        )
-        self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(8, 16, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),  # => 16x32x32
-            nn.ConvTranspose2d(16, 3, 3, stride=2, padding=1, output_padding=1), nn.Sigmoid(),  # => 3x64x64
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
-
-
-class PaperspaceAutoencoder(nn.Module):
-    """Paperspace blog, "Convolutional Autoencoders" (CIFAR-10 in [-1, 1], latent 200 or 1000)."""
-
-    source = "Paperspace blog: Convolutional Autoencoders"
-    value_range = (-1.0, 1.0)
-
-    def __init__(self, latent: int = 200, channels: int = 16):
-        super().__init__()
-        _check_positive("latent", latent)
-        self.code_size = latent
-        c = channels
-        self.encoder = nn.Sequential(
-            nn.Conv2d(3, c, 3, padding=1), nn.ReLU(),  # 3x32x32 => 16x32x32
-            nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),  # 16x32x32 => 16x32x32
-            nn.Conv2d(c, 2 * c, 3, padding=1, stride=2), nn.ReLU(),  # 16x32x32 => 32x16x16
-            nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.ReLU(),  # 32x16x16 => 32x16x16
-            nn.Conv2d(2 * c, 4 * c, 3, padding=1, stride=2), nn.ReLU(),  # 32x16x16 => 64x8x8
-            nn.Conv2d(4 * c, 4 * c, 3, padding=1), nn.ReLU(),  # 64x8x8 => 64x8x8
-            nn.Flatten(),  # 64x8x8 => 4096
-            nn.Linear(4 * c * 8 * 8, latent), nn.ReLU(),  # 4096 => latent
-        )
-        self.decoder = nn.Sequential(
-            nn.Linear(latent, 4 * c * 8 * 8), nn.ReLU(),  # latent => 4096
-            nn.Unflatten(1, (4 * c, 8, 8)),  # 4096 => 64x8x8
-            nn.ConvTranspose2d(4 * c, 4 * c, 3, padding=1), nn.ReLU(),  # 64x8x8 => 64x8x8
-            nn.ConvTranspose2d(4 * c, 2 * c, 3, padding=1, stride=2, output_padding=1), nn.ReLU(),  # => 32x16x16
-            nn.ConvTranspose2d(2 * c, 2 * c, 3, padding=1), nn.ReLU(),  # 32x16x16 => 32x16x16
-            nn.ConvTranspose2d(2 * c, c, 3, padding=1, stride=2, output_padding=1), nn.ReLU(),  # => 16x32x32
-            nn.ConvTranspose2d(c, c, 3, padding=1), nn.ReLU(),  # 16x32x32 => 16x32x32
-            nn.ConvTranspose2d(c, 3, 3, padding=1),  # 16x32x32 => 3x32x32, no output activation
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
-
-
-class KapilshAutoencoder(nn.Module):
-    """kapilsh, "Convolutional Autoencoders" (Fashion-MNIST, a 4x7x7 = 196-value code)."""
-
-    source = "kapilsh: Convolutional Autoencoders"
-    code_size = 4 * 7 * 7
-    value_range = (0.0, 1.0)
-
-    def __init__(self):
-        super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1),  # 1x28x28 => 16x28x28 (no activation, as published)
-            nn.MaxPool2d(2),  # 16x28x28 => 16x14x14
-            nn.Conv2d(16, 4, 3, padding=1),  # 16x14x14 => 4x14x14
-            nn.MaxPool2d(2),  # 4x14x14 => 4x7x7
-        )
-        self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(4, 16, 2, stride=2), nn.ReLU(),  # 4x7x7 => 16x14x14
-            nn.ConvTranspose2d(16, 1, 2, stride=2), nn.Sigmoid(),  # 16x14x14 => 1x28x28
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
-
-
-class AnothertechsAutoencoder(nn.Module):
-    """anothertechs, "AutoEncoder Neural Network in PyTorch" (STL10 resized to 32x32; 263M parameters)."""
-
-    source = "anothertechs: AutoEncoder Neural Network in PyTorch"
-    code_size = 100
-    value_range = (0.0, 1.0)
-
-    def __init__(self):
-        super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Conv2d(3, 16, 5, padding=2), nn.ReLU(), nn.BatchNorm2d(16),  # 3x32x32 => 16x32x32
-            nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.BatchNorm2d(32),  # => 32x32x32
-            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.BatchNorm2d(64),  # => 64x32x32
-            nn.Conv2d(64, 128, 5, padding=2), nn.ReLU(), nn.BatchNorm2d(128),  # => 128x32x32
-            nn.Flatten(),  # 128x32x32 => 131,072
-            nn.Linear(32 * 32 * 128, 1000), nn.ReLU(),  # 131,072 => 1000 (131M weights)
-            nn.Linear(1000, 100),  # 1000 => 100, the code
-        )
-        self.decoder = nn.Sequential(
-            nn.Linear(100, 1000), nn.ReLU(),  # 100 => 1000
-            nn.Linear(1000, 32 * 32 * 128), nn.ReLU(),  # 1000 => 131,072
-            nn.Unflatten(1, (128, 32, 32)),  # => 128x32x32
-            nn.ConvTranspose2d(128, 64, 5, padding=2), nn.ReLU(), nn.BatchNorm2d(64),  # => 64x32x32
-            nn.ConvTranspose2d(64, 32, 5, padding=2), nn.ReLU(), nn.BatchNorm2d(32),  # => 32x32x32
-            nn.ConvTranspose2d(32, 16, 5, padding=2), nn.ReLU(), nn.BatchNorm2d(16),  # => 16x32x32
-            nn.ConvTranspose2d(16, 3, 5, padding=2), nn.Sigmoid(),  # => 3x32x32
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
-
-
-SEED_MODELS = {"geeksforgeeks": GeeksforGeeksAutoencoder, "paperspace": PaperspaceAutoencoder,
-               "kapilsh": KapilshAutoencoder, "anothertechs": AnothertechsAutoencoder}
-
-
-def flops_per_image(model: nn.Module, image_shape: Sequence[int], backward: bool = True) -> int:
-    """Return the FLOPs of one training step per image (forward, plus backward when asked)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    x = torch.zeros(2, *image_shape)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        out = model(x)
-        if backward:
-            out.float().pow(2).mean().backward()
-    model.zero_grad(set_to_none=True)
-    return math.ceil(counter.get_total_flops() / 2)
-
-
+# --------------------------------------------------------------------------- a classifier
 class ConvClassifier(nn.Module):
     """A small convnet classifier: conv-ReLU-pool stages, then one Linear layer on the flat features."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, widths: Sequence[int] = (16, 32),
                  image_size: int = 28):
         super().__init__()
-        _check_positive("widths", list(widths))
+        check_positive("widths", list(widths))
         layers: list[nn.Module] = []
         c = in_channels
         for w in widths:

@@ -1,22 +1,28 @@
-"""Figures: reconstruction grids, loss curves, comparison charts and feature-map grids."""
+"""Figures: image and reconstruction grids, loss curves, comparison and speed charts, feature maps.
+
+matplotlib is imported inside each function, so ``import course_utils`` stays light.
+"""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import matplotlib.pyplot as plt
 import torch
-from torchvision.utils import make_grid
 
-from .data import ImageData
+from .data import ImageData, to_float
+from .errors import CourseError
 
-
-def _as_float(images: torch.Tensor) -> torch.Tensor:
-    return images.float().div(255) if images.dtype == torch.uint8 else images.float().clamp(0, 1)
+if TYPE_CHECKING:
+    from .timing import Throughput
+    from .training import History
 
 
 def show_images(images: torch.Tensor, nrow: int = 8, title: str | None = None, ax=None, scale: float = 1.2):
-    """Show a batch of images (uint8 or float in [0, 1]) as one grid."""
-    grid = make_grid(_as_float(images.detach().cpu()), nrow=nrow, padding=1, pad_value=1.0)
+    """Show a batch of images (uint8 or float in [0, 1]) as one grid; return its Axes."""
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    grid = make_grid(to_float(images.detach().cpu()).clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0)
     if ax is None:
         rows = -(-images.shape[0] // nrow)
         _, ax = plt.subplots(figsize=(scale * nrow, scale * rows + (0.4 if title else 0)))
@@ -28,9 +34,12 @@ def show_images(images: torch.Tensor, nrow: int = 8, title: str | None = None, a
     return ax
 
 
-def show_reconstructions(originals: torch.Tensor | ImageData, reconstructions: Mapping[str, torch.Tensor] | torch.Tensor,
-                         n: int = 8, title: str | None = None, scale: float = 1.2):
-    """Show originals on the top row and each model's reconstructions on the rows below."""
+def show_reconstructions(originals: torch.Tensor | ImageData,
+                         reconstructions: Mapping[str, torch.Tensor] | torch.Tensor, n: int = 8,
+                         title: str | None = None, scale: float = 1.2):
+    """Show originals on the top row and each model's reconstructions on the rows below; return the Figure."""
+    import matplotlib.pyplot as plt
+
     originals = originals.images if isinstance(originals, ImageData) else originals
     rows = {"original": originals[:n]}
     if isinstance(reconstructions, torch.Tensor):
@@ -49,10 +58,12 @@ def show_reconstructions(originals: torch.Tensor | ImageData, reconstructions: M
     return fig
 
 
-def plot_losses(histories: Mapping[str, "object"], keys: Sequence[str] = ("train_loss", "val_mse"),
+def plot_losses(histories: Mapping[str, History], keys: Sequence[str] = ("train_loss", "val_mse"),
                 log: bool = True, title: str | None = None):
-    """Plot per-epoch loss curves of several runs (a dict name -> History)."""
+    """Plot per-epoch loss curves of several runs (a dict name -> History); return the Figure."""
+    import matplotlib.pyplot as plt
     import seaborn as sns
+
     fig, ax = plt.subplots(figsize=(7, 4))
     palette = sns.color_palette(n_colors=max(len(histories), 1))
     for color, (name, h) in zip(palette, histories.items()):
@@ -72,8 +83,10 @@ def plot_losses(histories: Mapping[str, "object"], keys: Sequence[str] = ("train
 
 def plot_comparison(results: Mapping[str, Mapping[str, float]], metric: str = "mse", title: str | None = None,
                     ylabel: str | None = None, log: bool = False):
-    """Draw a bar chart of one metric for several models (a dict name -> scores)."""
+    """Draw a bar chart of one metric for several models (a dict name -> scores); return the Figure."""
+    import matplotlib.pyplot as plt
     import seaborn as sns
+
     names = list(results)
     values = [results[n][metric] for n in names]
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(names)), 3.8))
@@ -91,16 +104,48 @@ def plot_comparison(results: Mapping[str, Mapping[str, float]], metric: str = "m
 
 
 def show_feature_maps(maps: torch.Tensor, n: int = 16, title: str | None = None, ncols: int = 8):
-    """Show the first ``n`` channels of one image's feature maps (C, H, W), each min-max scaled."""
+    """Show the first ``n`` channels of one image's feature maps (C, H, W), each min-max scaled; return the Axes."""
     maps = maps.detach().float().cpu()
     maps = maps[0] if maps.ndim == 4 else maps
     maps = maps[:n]
     low = maps.flatten(1).min(1).values[:, None, None]
     high = maps.flatten(1).max(1).values[:, None, None]
     scaled = ((maps - low) / (high - low).clamp_min(1e-8)).unsqueeze(1)
-    ax = show_images(scaled, nrow=min(ncols, len(scaled)), title=title,
-                     scale=max(0.9, 8 / max(ncols, 1)) * 1.0)
-    return ax
+    return show_images(scaled, nrow=min(ncols, len(scaled)), title=title, scale=max(0.9, 8 / max(ncols, 1)))
+
+
+def plot_speedups(results: Mapping[str, Throughput | str], baseline: str | None = None, title: str | None = None,
+                  xlabel: str | None = None):
+    """Draw measured training speeds as horizontal bars with their range and the ratio to ``baseline``.
+
+    ``results`` maps a setup's name to a `Throughput` (entries that are strings, "not measured
+    here" notes, are left out), as `improvement_ladder` and `interleave` return them. The
+    baseline (default: the first measured row) is grey, rows whose note says "dropped" red,
+    the others green. Returns the Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    measured = {name: r for name, r in results.items() if not isinstance(r, str)}
+    baseline = baseline or next(iter(measured), None)
+    if baseline not in measured:
+        raise CourseError(f"The baseline {baseline!r} is not among the measured rows ({', '.join(measured)}).")
+    base = measured[baseline].images_per_second
+    names = list(measured)[::-1]  # the first row on top
+    colors = ["tab:gray" if n == baseline else "tab:red" if measured[n].note.startswith("dropped")
+              else "tab:green" for n in names]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2))
+    ax.barh(names, [measured[n].images_per_second for n in names], color=colors)
+    for i, n in enumerate(names):
+        r = measured[n]
+        ax.errorbar(r.images_per_second, i, xerr=[[r.images_per_second - min(r.rates)],
+                                                  [max(r.rates) - r.images_per_second]], color="black", capsize=3)
+        ax.text(max(r.rates) * 1.01, i, f"{r.images_per_second / base:.2f}x", va="center", fontsize=8)
+    ax.set_xlabel(xlabel or "training images per second (median; bars show the range of repeats)")
+    ax.set_ylabel("setup")
+    ax.set_title(title or f"Training speed, and the ratio to {baseline}")
+    ax.set_xlim(0, max(max(r.rates) for r in measured.values()) * 1.15)
+    fig.tight_layout()
+    return fig
 
 
 def results_table(results: Mapping[str, Mapping[str, float]], columns: Sequence[str] | None = None):

@@ -20,7 +20,7 @@ from .engine import TrainStep, endless_batches, resolve_channels_last, sync
 from .environment import get_device
 from .errors import CourseError
 from .metrics import model_value_range
-from .models import flops_per_image
+from .layers import flops_per_image
 
 
 @dataclasses.dataclass

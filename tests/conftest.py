@@ -6,7 +6,6 @@ from pathlib import Path
 
 import matplotlib
 import pytest
-import torch
 
 matplotlib.use("Agg")
 
@@ -30,24 +29,49 @@ needs_fashion = pytest.mark.skipif(not (FASHION_DIR / "t10k-images-idx3-ubyte.gz
 needs_cifar = pytest.mark.skipif(CIFAR_DIR is None, reason="no CIFAR-10 pack (set COURSE_DATA_DIR)")
 
 
-@pytest.fixture
-def isolated_root(tmp_path, monkeypatch):
-    """Point the data root and the user cache at empty temporary folders."""
-    root = tmp_path / "data"
-    root.mkdir()
+def _isolate(monkeypatch: pytest.MonkeyPatch, folder: Path) -> Path:
+    """Point the data root and the user cache at empty folders under ``folder``; return the data root."""
+    root = folder / "data"
+    root.mkdir(exist_ok=True)
     monkeypatch.setenv("COURSE_DATA_DIR", str(root))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(folder / "cache"))
     return root
 
 
+@pytest.fixture
+def isolated_root(tmp_path, monkeypatch):
+    """Point the data root and the user cache at empty temporary folders."""
+    return _isolate(monkeypatch, tmp_path)
+
+
 @pytest.fixture(scope="session")
-def fashion_test() -> cu.ImageData:
-    """Return the real Fashion-MNIST test split (10,000 images), read from Debian's package."""
+def isolated_system_copy(tmp_path_factory):
+    """Return a loader of Debian's Fashion-MNIST through cu.load_dataset, with packs written to a temporary root.
+
+    The repository's data/ folder and the user cache are never touched, whatever COURSE_DATA_DIR says.
+    """
     if not (FASHION_DIR / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
-    images, labels, classes = data_module._from_system_copy("fashion-mnist", "test")
-    return cu.ImageData(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels),
-                        classes, "fashion-mnist", "test")
+    folder = tmp_path_factory.mktemp("isolated")
+
+    def load(split: str) -> cu.ImageData:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            _isolate(monkeypatch, folder)
+            return cu.load_dataset("fashion-mnist", split)
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def fashion_test(isolated_system_copy) -> cu.ImageData:
+    """Return the real Fashion-MNIST test split (10,000 images), read from Debian's package."""
+    return isolated_system_copy("test")
+
+
+@pytest.fixture(scope="session")
+def fashion_train(isolated_system_copy) -> cu.ImageData:
+    """Return the real Fashion-MNIST train split (60,000 images), read from Debian's package."""
+    return isolated_system_copy("train")
 
 
 @pytest.fixture(scope="session")

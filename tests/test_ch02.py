@@ -1,21 +1,22 @@
-"""Chapter 02's claims about its pool and stride autoencoders, checked against the library."""
+"""Chapter 02 (pooling vs strided encoders): the chapter's claims, and its helpers in course_utils.chapters.
+
+The models are the notebook's own (``FASHION``, ``CIFAR`` and ``ours`` from the chapter module).
+"""
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import pytest
+import torch
+from torch import nn
 
 import course_utils as cu
-
-FASHION = dict(image_size=28, in_channels=1, widths=(16, 32), latent=4, bottleneck="spatial")
-CIFAR = dict(image_size=32, in_channels=3, widths=(16, 32), latent=8, bottleneck="spatial")
+from course_utils.chapters.ch02_pooling_vs_strided import CIFAR, FASHION, ours
 
 
-def _ours(config, downsample):
-    return cu.ConvAutoencoder(**config, downsample=downsample, upsample="transposed", kernel_size=4)
-
-
+# --------------------------------------------------------------------------- the chapter's claims
 @pytest.mark.parametrize("config, shape", [(FASHION, (1, 28, 28)), (CIFAR, (3, 32, 32))])
 def test_pool_and_stride_share_parameters_but_pool_convolutions_cost_four_times(config, shape):
-    pool, stride = _ours(config, "pool"), _ours(config, "stride")
+    pool, stride = ours(config, "pool"), ours(config, "stride")
     assert cu.count_parameters(pool) == cu.count_parameters(stride)
     p, s = cu.layer_table(pool, shape), cu.layer_table(stride, shape)
     p_convs = p[p.layer.str.startswith("encoder") & (p.type == "Conv2d")]
@@ -30,15 +31,135 @@ def test_pool_and_stride_share_parameters_but_pool_convolutions_cost_four_times(
 @pytest.mark.parametrize("config, shape", [(FASHION, (1, 28, 28)), (CIFAR, (3, 32, 32))])
 def test_code_receptive_fields_follow_the_rule(config, shape):
     for downsample, stack, expected in (("pool", [(3, 1), (2, 2)] * 2, 10), ("stride", [(3, 2)] * 2, 7)):
-        table = cu.layer_table(_ours(config, downsample), shape)
+        table = cu.layer_table(ours(config, downsample), shape)
         code_rf = int(table[table.layer == "bottleneck.encode"]["receptive field"].item())
         assert code_rf == cu.receptive_field(stack)[-1] == expected
 
 
 def test_code_sizes_match_the_seed_tutorials(fashion_test, cifar_test):
     for downsample in ("pool", "stride"):
-        assert cu.code_size(_ours(FASHION, downsample), fashion_test.images[:1]) == 196
-        assert cu.code_size(_ours(CIFAR, downsample), cifar_test.images[:1]) == 512
+        assert cu.code_size(ours(FASHION, downsample), fashion_test.images[:1]) == 196
+        assert cu.code_size(ours(CIFAR, downsample), cifar_test.images[:1]) == 512
     assert cu.code_size(cu.KapilshAutoencoder(), fashion_test.images[:1]) == 196
     assert cu.code_size(cu.GeeksforGeeksAutoencoder(), cifar_test.images[:1]) == 512
     assert cu.code_size(cu.PaperspaceAutoencoder(), cifar_test.images[:1]) == 200
+
+
+# --------------------------------------------------------------------------- influence_map
+def test_influence_map_of_max_pool_marks_only_each_windows_maximum(fashion_test):
+    image = fashion_test.images[0].float()  # 1x28x28, a real garment
+    counts = cu.influence_map(nn.MaxPool2d(2), image)
+    assert counts.shape == (28, 28)
+    assert int(counts.sum()) == 14 * 14  # one survivor per 2x2 window
+    windows = counts.reshape(14, 2, 14, 2).sum(dim=(1, 3))
+    assert torch.equal(windows, torch.ones(14, 14, dtype=windows.dtype))
+    # where a window has a unique maximum, the survivor is that maximum
+    blocks = image[0].reshape(14, 2, 14, 2).permute(0, 2, 1, 3).reshape(14, 14, 4)
+    marked = counts.reshape(14, 2, 14, 2).permute(0, 2, 1, 3).reshape(14, 14, 4).argmax(-1)
+    unique = (blocks == blocks.max(-1, keepdim=True).values).sum(-1) == 1
+    assert torch.equal(marked[unique], blocks.argmax(-1)[unique])
+
+
+def test_influence_map_of_strided_convolutions_counts_covering_windows():
+    torch.manual_seed(0)
+    x = torch.rand(1, 4, 4)
+    overlapping = cu.influence_map(nn.Conv2d(1, 1, 3, stride=2, padding=1), x)
+    per_axis = torch.tensor([1, 2, 1, 1])  # windows centred on 0 and 2 cover rows -1..1 and 1..3
+    assert torch.equal(overlapping, per_axis[:, None] * per_axis[None, :])
+    tiling = cu.influence_map(nn.Conv2d(1, 1, 2, stride=2), x)
+    assert torch.equal(tiling, torch.ones(4, 4, dtype=tiling.dtype))
+    same = cu.influence_map(nn.Conv2d(1, 1, 3, padding=1), x)
+    assert int(same[1, 1]) == 9 and int(same[0, 0]) == 4
+
+
+def test_influence_map_sums_over_channels_and_checks_its_input():
+    x = torch.rand(3, 6, 6)
+    counts = cu.influence_map(nn.Conv2d(3, 5, 1), x)  # every input value feeds 5 output channels
+    assert torch.equal(counts, torch.full((6, 6), 15, dtype=counts.dtype))
+    with pytest.raises(cu.CourseError, match="one image"):
+        cu.influence_map(nn.MaxPool2d(2), torch.rand(2, 1, 4, 4))
+
+
+# --------------------------------------------------------------------------- shift_images
+def test_shift_images_moves_content_and_replicates_the_border(cifar_test):
+    images = cifar_test.images[:4]
+    right = cu.shift_images(images, dx=3)
+    assert right.dtype == torch.uint8 and right.shape == images.shape
+    assert torch.equal(right[..., 3:], images[..., :-3])
+    assert torch.equal(right[..., :3], images[..., :1].expand(-1, -1, -1, 3))
+    up = cu.shift_images(images, dy=-2)
+    assert torch.equal(up[..., :-2, :], images[..., 2:, :])
+    assert torch.equal(up[..., -2:, :], images[..., -1:, :].expand(-1, -1, 2, -1))
+    assert torch.equal(cu.shift_images(images), images)
+    with pytest.raises(cu.CourseError, match="out of its frame"):
+        cu.shift_images(images, dx=32)
+
+
+# --------------------------------------------------------------------------- shift_sensitivity
+def test_shift_sensitivity_of_identity_and_of_global_average(fashion_test):
+    images = fashion_test.images[:64]
+    pixels = cu.shift_sensitivity(lambda x: x, images, shifts=(0, 1, 4))
+    assert pixels[0] == 0.0
+    assert 0.0 < pixels[1] < pixels[4]  # shifting further changes the image more
+    # Fashion-MNIST garments sit on a black background, so a global mean barely notices a shift
+    mean = cu.shift_sensitivity(lambda x: x.mean(dim=(1, 2, 3))[:, None], images, shifts=(1, 4))
+    assert mean[1] < 0.05 * pixels[1]
+    by_norm = cu.shift_sensitivity(lambda x: x, images, shifts=(1,), reference="norm")
+    direct = sum((cu.shift_images(x, dx=1) - x).norm() for x in cu.to_float(images)) / \
+        sum(x.norm() for x in cu.to_float(images))
+    assert by_norm[1] == pytest.approx(float(direct), rel=1e-4)
+
+
+def test_shift_sensitivity_finds_equivariance_at_multiples_of_the_stride(fashion_test):
+    images = fashion_test.images[:32]
+    pool4 = nn.MaxPool2d(4)  # 28x28 => 7x7, total stride 4
+    raw = cu.shift_sensitivity(pool4, images, shifts=(1, 4))
+    aligned = cu.shift_sensitivity(pool4, images, shifts=(4,), stride=4)
+    assert aligned[4] < 0.1 * raw[4]  # moved one cell, the pooled map is (almost) the same
+    assert raw[1] > aligned[4]
+    with pytest.raises(cu.CourseError, match="multiple"):
+        cu.shift_sensitivity(pool4, images, shifts=(2,), stride=4)
+
+
+def test_shift_sensitivity_uses_the_model_value_range_and_restores_training_mode(cifar_test):
+    images = cifar_test.images[:10]
+    model = cu.PaperspaceAutoencoder()
+    model.train()
+    seen = []
+
+    class Probe(nn.Module):
+        value_range = (-1.0, 1.0)
+
+        def forward(self, x):
+            seen.append((float(x.min()), float(x.max()), self.training))
+            return model.encoder(x)
+
+    probe = Probe().train()
+    cu.shift_sensitivity(probe.forward, images, shifts=(1,), batch_size=3)  # batches 3, 3, 4: none alone
+    assert min(lo for lo, _, _ in seen) < 0 and not any(t for _, _, t in seen)
+    assert probe.training
+    scores = cu.shift_sensitivity(model.encoder, images, shifts=(1,), value_range=(-1, 1))
+    assert 0 < scores[1] < 2
+    assert cu.shift_sensitivity(model.encode, images, shifts=(1,)) == scores  # encode's owner gives (-1, 1)
+    assert model.training
+
+
+# --------------------------------------------------------------------------- plots
+def test_plot_receptive_fields_draws_one_line_per_encoder():
+    tables = {"pool": cu.layer_table(cu.ConvEncoder(3, (16, 32, 64), "pool"), (3, 32, 32)),
+              "stride": cu.layer_table(cu.ConvEncoder(3, (16, 32, 64), "stride"), (3, 32, 32))}
+    fig = cu.plot_receptive_fields(tables, image_size=32)
+    ax = fig.axes[0]
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    assert lines["pool"] == cu.receptive_field([(3, 1), (2, 2)] * 3) == [3, 4, 8, 10, 18, 22]
+    assert lines["stride"] == cu.receptive_field([(3, 2)] * 3) == [3, 7, 15]
+    assert ax.get_xlabel() and ax.get_ylabel()
+    plt.close(fig)
+
+
+def test_plot_shift_sensitivity_draws_sorted_curves():
+    fig = cu.plot_shift_sensitivity({"a": {2: 0.4, 0: 0.0, 1: 0.2}})
+    line = fig.axes[0].get_lines()[0]
+    assert list(line.get_xdata()) == [0, 1, 2] and list(line.get_ydata()) == [0.0, 0.2, 0.4]
+    assert "pixels" in fig.axes[0].get_xlabel()
+    plt.close(fig)

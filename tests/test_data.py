@@ -1,12 +1,12 @@
 """The data layer: resolution order, packs, integrity checks and the two ways to iterate."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import pickle
-import tarfile
 import shutil
-import zipfile
+import tarfile
 
 import numpy as np
 import pytest
@@ -126,7 +126,6 @@ def test_read_only_data_root_sends_new_packs_to_the_user_cache(tmp_path, monkeyp
     root.chmod(0o555)
     monkeypatch.setenv("COURSE_DATA_DIR", str(root))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert data_module._writable_root() == tmp_path / "cache" / "course_utils"
     cu.load_dataset("fashion-mnist", "test")
     assert (tmp_path / "cache" / "course_utils" / "fashion-mnist" / "test.npz").is_file()
     assert not any(root.iterdir())
@@ -259,3 +258,29 @@ def test_to_uint8_inverts_to_float(fashion_test):
     images = fashion_test.images[:32]
     for value_range in [(0.0, 1.0), (-1.0, 1.0)]:
         assert torch.equal(cu.to_uint8(cu.to_float(images, value_range), value_range), images)
+
+
+def test_to_float_scales_uint8_once_and_passes_float_through(fashion_test):
+    images = fashion_test.images[:8]
+    assert torch.equal(cu.to_float(images), images.float() / 255)
+    scaled = cu.to_float(images)
+    again = cu.to_float(scaled)
+    assert again is scaled and torch.equal(again, images.float() / 255)  # not scaled twice, not modified
+    assert cu.to_float(scaled.double()).dtype == torch.float32
+
+
+@needs_fashion
+def test_load_dataset_takes_the_profiles_share_of_each_split(isolated_root, fashion_test, fashion_train):
+    smoke = cu.get_profile("smoke")
+    train = cu.load_dataset("fashion-mnist", "train", profile=smoke)
+    assert len(train) == smoke.train_images == 1024
+    assert torch.equal(train.images, fashion_train.subset(1024, seed=0).images)
+    test = cu.load_dataset("fashion-mnist", "test", profile=smoke)
+    assert len(test) == smoke.test_images == 512 and (test.name, test.split) == ("fashion-mnist", "test")
+    assert torch.equal(test.images, fashion_test.subset(512, seed=0).images)  # the same images every time
+    assert torch.equal(cu.load_dataset("fashion-mnist", "test", profile=smoke).labels, test.labels)
+    train_sized = dataclasses.replace(smoke, train_images=100)
+    assert len(cu.load_dataset("fashion-mnist", "test", profile=train_sized)) == 512  # a test split: test size
+    small = cu.load_dataset("fashion-mnist", "test", profile=smoke, image_size=14)
+    assert small.images.shape == (512, 1, 14, 14)
+    assert len(cu.load_dataset("fashion-mnist", "test", profile=cu.get_profile("gpu"))) == 10_000  # all of it

@@ -11,8 +11,8 @@ from course_utils.chapters import ch05_fast_training as ch05
 
 
 @pytest.fixture(scope="module")
-def fashion():
-    return cu.load_dataset("fashion-mnist", "train").subset(512, seed=1)
+def fashion(fashion_train):
+    return fashion_train.subset(512, seed=1)  # loaded through an isolated data root: no pack lands in data/
 
 
 def _weights(model):

@@ -1,6 +1,12 @@
 """fit: it learns, it is reproducible, it saves atomically and resumes exactly where it stopped."""
 from __future__ import annotations
 
+import platform
+import random
+import re
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -100,22 +106,18 @@ def test_profile_is_chosen_by_environment(monkeypatch):
     assert "profile=smoke" in cu.describe_setup(cu.get_profile("smoke"), torch.device("cpu"))
 
 
+def test_profiles_hold_the_chapter_knobs():
+    sizes = {name: (p.sweep_share, p.images_per_repeat, p.timing_repeats) for name, p in cu.PROFILES.items()}
+    assert sizes == {"smoke": (0.5, 256, 1), "laptop": (0.5, 1024, 5), "gpu": (1.0, 16384, 5)}
+    assert all(p.name == name for name, p in cu.PROFILES.items())
+
+
 def test_seed_everything_repeats_random_draws():
     cu.seed_everything(11)
-    a = torch.rand(3), __import__("numpy").random.rand(), __import__("random").random()
+    a = torch.rand(3), np.random.rand(), random.random()
     cu.seed_everything(11)
-    b = torch.rand(3), __import__("numpy").random.rand(), __import__("random").random()
+    b = torch.rand(3), np.random.rand(), random.random()
     assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
-
-
-def test_compare_models_gives_every_contender_the_same_start(train_part, fashion_test):
-    held_out = fashion_test.subset(300, seed=9)
-    comparison = cu.compare_models({"a": lambda: cu.ConvAutoencoder(28, 1, (8, 16), 16),
-                                    "b": lambda: cu.ConvAutoencoder(28, 1, (8, 16), 16)},
-                                   train_part.subset(512), held_out, epochs=1, batch_size=128, progress=False)
-    assert comparison.results["a"]["mse"] == comparison.results["b"]["mse"]  # same seed, same model: same result
-    table = comparison.table()
-    assert list(table.index) == ["a", "b"] and {"mse", "psnr", "ssim", "parameters"} <= set(table.columns)
 
 
 def test_pca_baseline_improves_with_components(fashion_test):
@@ -147,15 +149,10 @@ def test_fit_classifier_learns_fashion_mnist(fashion_test):
     assert history.last["test_accuracy"] == cu.accuracy(model, test)
 
 
-def test_feature_maps_by_layer(fashion_test):
-    model = cu.ConvClassifier(1, 10, (8, 16, 32))
-    maps = cu.feature_maps(model, fashion_test.images[:3].float() / 255)
-    assert [tuple(m.shape) for m in maps.values()] == [(3, 8, 28, 28), (3, 16, 14, 14), (3, 32, 7, 7)]
-
-
 def test_cpu_name_reads_the_model_name():
-    from pathlib import Path
-    name = cu.cpu_name()
-    assert isinstance(name, str) and name
-    if Path("/proc/cpuinfo").is_file() and "model name" in Path("/proc/cpuinfo").read_text():
-        assert name in Path("/proc/cpuinfo").read_text()
+    cpuinfo = Path("/proc/cpuinfo")
+    names = re.findall(r"^model name\s*:\s*(.+?)\s*$", cpuinfo.read_text(), re.M) if cpuinfo.is_file() else []
+    if names:
+        assert cu.cpu_name() == names[0]  # the first processor's line, exactly
+    else:
+        assert cu.cpu_name() == (platform.processor() or platform.machine() or "CPU")

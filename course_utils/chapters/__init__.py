@@ -1,4 +1,9 @@
-"""Helpers that only one chapter needs, one module per chapter, named after it.
+"""Helpers that only one chapter needs, one module per chapter, named after its notebook.
+
+- ``ch02_pooling_vs_strided``: influence maps, shifted images, shift sensitivity, the chapter's models.
+- ``ch03_transposed_convolutions``: overlap, error and edge maps, grid contrast, the chapter's decoders.
+- ``ch04_bottleneck_size``: compression tables, code shapes, the one-pass PCA curve, sharpness, curve plots.
+- ``ch05_fast_training``: the seed tutorials' loop, the improvement ladder, GPU memory by batch size.
 
 The core modules (``course_utils.data``, ``models``, ``engine``, ``training``, ...) hold what
 several chapters use; a helper moves down into the core as soon as a second chapter needs it.

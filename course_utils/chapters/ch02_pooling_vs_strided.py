@@ -1,13 +1,33 @@
-"""Downsampling under the microscope: which inputs a layer reads, and how codes react to shifted images."""
+"""Chapter 02 (pooling vs strided encoders): which inputs a layer reads, how codes react to shifted images.
+
+Also the chapter's two model configurations and their builder, shared by the notebook and its tests.
+"""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .data import ImageData, to_float
-from .errors import CourseError
+from ..data import ImageData, to_float
+from ..engine import eval_mode
+from ..errors import CourseError
+from ..models import ConvAutoencoder
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# The chapter's autoencoders differ only in ``downsample``; each code matches a seed tutorial's size.
+FASHION = dict(image_size=28, in_channels=1, widths=(16, 32), latent=4, bottleneck="spatial")  # code 4x7x7 = 196
+CIFAR = dict(image_size=32, in_channels=3, widths=(16, 32), latent=8, bottleneck="spatial")  # code 8x8x8 = 512
+
+
+def ours(config: dict, downsample: str) -> ConvAutoencoder:
+    """Return the chapter's autoencoder for ``config`` (FASHION or CIFAR), downsampling by 'pool' or 'stride'."""
+    # 28x28 => 14x14 => 7x7 (Fashion-MNIST) or 32x32 => 16x16 => 8x8 (CIFAR-10), then the mirror image
+    return ConvAutoencoder(**config, downsample=downsample, upsample="transposed", kernel_size=4)
 
 
 def influence_map(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -55,10 +75,10 @@ def shift_sensitivity(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.
                       device: torch.device | None = None) -> dict[int, float]:
     """Return, per horizontal shift in pixels, how far shifting the input moves ``fn``'s output.
 
-    ``fn`` maps float images to codes or feature maps (``model.encode``, ``model.encoder``);
+    ``fn`` maps float images to codes or feature maps (``model.encode``, a layer, any function);
     ``images`` are uint8, scaled to ``value_range`` (default: the ``value_range`` attribute of the
-    module ``fn`` belongs to, else (0, 1); pass the Paperspace replica's (-1, 1) explicitly when
-    ``fn`` is its ``encoder``). The change ||f(shifted x) - f(x)|| is summed over the images and
+    module ``fn`` belongs to, so ``model.encode`` of the Paperspace replica gets its (-1, 1);
+    else (0, 1)). ``fn``'s module runs in eval mode. The change ||f(shifted x) - f(x)|| is summed over the images and
     divided by, with ``reference="other"``, the summed distance between the outputs of two
     *different* images (0: the shift changes nothing; 1: as much as swapping the image for
     another), or with ``reference="norm"`` by the summed ||f(x)||.
@@ -78,12 +98,9 @@ def shift_sensitivity(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.
     device = device or _device_of(fn)
     owner = getattr(fn, "__self__", fn)
     value_range = tuple(value_range or getattr(owner, "value_range", (0.0, 1.0)))
-    was_training = owner.training if isinstance(owner, nn.Module) else None
-    if was_training is not None:
-        owner.eval()
     moved = {s: 0.0 for s in shifts}
     scale = {s: 0.0 for s in shifts}
-    try:
+    with eval_mode(owner) if isinstance(owner, nn.Module) else contextlib.nullcontext():
         n = images.shape[0]
         bounds = list(range(0, n, batch_size)) + [n]
         if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
@@ -105,13 +122,10 @@ def shift_sensitivity(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.
                 moved[s] += float((out - ref).flatten(1).norm(dim=1).sum())
                 other = ref.roll(1, dims=0) if reference == "other" else torch.zeros_like(ref)
                 scale[s] += float((ref - other).flatten(1).norm(dim=1).sum())
-    finally:
-        if was_training:
-            owner.train()
     return {s: moved[s] / max(scale[s], 1e-12) for s in shifts}
 
 
-def plot_receptive_fields(tables: Mapping[str, "object"], image_size: int | None = None,
+def plot_receptive_fields(tables: Mapping[str, pd.DataFrame], image_size: int | None = None,
                           title: str | None = None):
     """Plot receptive field against depth (convolution and pooling layers) for several layer tables."""
     import matplotlib.pyplot as plt

@@ -1,13 +1,28 @@
-"""Upsampling in decoders: how transposed convolutions overlap, and where checkerboard artifacts show."""
+"""Chapter 03 (transposed convolutions): how upsampling layers overlap, and where checkerboard artifacts show.
+
+Also the chapter's comparison model and its five decoders, shared by the notebook and its tests.
+"""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .data import ImageData, to_float
-from .errors import CourseError
-from .metrics import reconstruct
-from .models import transposed_padding
+from ..data import ImageData, to_float
+from ..errors import CourseError
+from ..metrics import reconstruct
+from ..models import ConvAutoencoder, transposed_padding
+
+# The five decoders the chapter compares, as arguments of `chapter_model`.
+DECODERS = {"transposed k=2": dict(kernel_size=2), "transposed k=3": dict(kernel_size=3),
+            "transposed k=4": dict(kernel_size=4), "nearest + conv": dict(upsample="nearest"),
+            "bilinear + conv": dict(upsample="bilinear")}
+
+
+def chapter_model(upsample: str = "transposed", kernel_size: int = 4) -> ConvAutoencoder:
+    """Return the chapter's comparison model, whose decoder upsamples by ``upsample`` with ``kernel_size``."""
+    # 3x32x32 => 32x16x16 => 64x8x8 => code 4x8x8 (256 values) => 64x8x8 => 32x16x16 => 32x32x32 => 3x32x32
+    return ConvAutoencoder(image_size=32, in_channels=3, widths=(32, 64), latent=4, bottleneck="spatial",
+                           downsample="stride", upsample=upsample, kernel_size=kernel_size)
 
 
 def upsampling_layer(kernel_size: int, stride: int = 2, upsample: str = "transposed", channels: int = 1,
@@ -60,8 +75,7 @@ def edge_map(images: ImageData | torch.Tensor) -> torch.Tensor:
     Natural images change about equally at every position; a decoder that draws a grid
     concentrates its jumps on some positions of every block.
     """
-    x = images.images if isinstance(images, ImageData) else images
-    x = to_float(x) if x.dtype == torch.uint8 else x.float()
+    x = to_float(images.images if isinstance(images, ImageData) else images)
     x = x.reshape(-1, *x.shape[-2:])  # (N, C, H, W) or (H, W) => (N*C, H, W)
     right = (x[:, :-1, 1:] - x[:, :-1, :-1]).pow(2)
     down = (x[:, 1:, :-1] - x[:, :-1, :-1]).pow(2)
@@ -70,7 +84,7 @@ def edge_map(images: ImageData | torch.Tensor) -> torch.Tensor:
 
 def fold_tiles(images: torch.Tensor, period: int = 2) -> torch.Tensor:
     """Return the mean period x period tile of maps (H, W) or images (N, C, H, W), as (period, period)."""
-    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    x = to_float(images)
     x = x.reshape(-1, *x.shape[-2:])
     h, w = x.shape[-2:]
     if period < 1 or h % period or w % period:

@@ -1,40 +1,33 @@
-"""Code-size sweeps: compression ratios, spatial code sizes, a one-pass PCA curve, sharpness and curve plots."""
+"""Chapter 04 (bottleneck size): compression ratios, code shapes, a one-pass PCA curve, sharpness, curve plots.
+
+The sweep itself is generic: `course_utils.experiments.sweep_code_sizes`.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .data import ImageData, to_float
-from .errors import CourseError
-from .metrics import psnr_from_mse
+from ..data import ImageData, to_float
+from ..engine import eval_mode
+from ..errors import CourseError
+from ..metrics import psnr_from_mse
 
 
 def code_shape(model: nn.Module, image_shape: Sequence[int]) -> tuple[int, ...]:
     """Return the shape of one image's code (e.g. (256,) for a flat code, (16, 4, 4) for a map)."""
-    encode = model.encode if hasattr(model, "encode") else model.encoder
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return tuple(encode(torch.zeros(1, *image_shape, device=device)).shape[1:])
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        return tuple(model.encode(torch.zeros(1, *image_shape, device=device)).shape[1:])
 
 
 def bottleneck_map(model: nn.Module, image_shape: Sequence[int]) -> tuple[int, int, int]:
     """Return (channels, height, width) of the feature map that enters the model's bottleneck."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return tuple(model.encoder(torch.zeros(1, *image_shape, device=device)).shape[1:])  # type: ignore
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        return tuple(model.encoder(torch.zeros(1, *image_shape, device=device)).shape[1:])  # type: ignore
 
 
 def spatial_code_size(target: int, map_area: int) -> int:
@@ -108,25 +101,10 @@ def pca_curve(train: ImageData, test: ImageData, sizes: Sequence[int], ssim: boo
 
 def gradient_energy(images: torch.Tensor) -> torch.Tensor:
     """Return each image's mean squared difference between neighbouring pixels (a sharpness score)."""
-    x = images.float().div(255) if images.dtype == torch.uint8 else images.float()
+    x = to_float(images)
     dx = (x[..., :, 1:] - x[..., :, :-1]).pow(2).flatten(1).mean(1)
     dy = (x[..., 1:, :] - x[..., :-1, :]).pow(2).flatten(1).mean(1)
     return dx + dy
-
-
-def sweep_code_sizes(build: Callable[[int], nn.Module], sizes: Sequence[int], train: ImageData, test: ImageData,
-                     *, epochs: int, label: str = "code", **compare_kwargs):
-    """Train one model per code size with ``compare_models``; return (results keyed by code size, Comparison)."""
-    from .experiments import compare_models
-    builders = {f"{label} {k}": (lambda k=k: build(k)) for k in sizes}
-    comparison = compare_models(builders, train, test, epochs=epochs, **compare_kwargs)
-    by_size = {}
-    for (name, scores), k in zip(comparison.results.items(), sizes):
-        size = int(scores["code size"])
-        if size != k:
-            raise CourseError(f"The model built for code size {k} ({name}) keeps {size} values per image.")
-        by_size[size] = scores
-    return by_size, comparison
 
 
 def plot_code_size_curve(curves: Mapping[str, Mapping[int, Mapping[str, float]]], title: str | None = None,
