@@ -96,30 +96,9 @@ CANDIDATES: dict[str, tuple[Callable, dict]] = {
 }
 
 
-def uva_tutorial9_model(latent: int, c: int = 32) -> torch.nn.Module:
-    """Return UvA DL tutorial 9's CIFAR-10 autoencoder (rebuilt here only to count its FLOPs)."""
-    from torch import nn
-    act = nn.GELU
-    encoder = nn.Sequential(
-        nn.Conv2d(3, c, 3, padding=1, stride=2), act(),  # 32x32 => 16x16
-        nn.Conv2d(c, c, 3, padding=1), act(),  # 16x16 => 16x16
-        nn.Conv2d(c, 2 * c, 3, padding=1, stride=2), act(),  # 16x16 => 8x8
-        nn.Conv2d(2 * c, 2 * c, 3, padding=1), act(),  # 8x8 => 8x8
-        nn.Conv2d(2 * c, 2 * c, 3, padding=1, stride=2), act(),  # 8x8 => 4x4
-        nn.Flatten(), nn.Linear(2 * 16 * c, latent))  # 2c x 4 x 4 => latent
-    decoder = nn.Sequential(
-        nn.Linear(latent, 2 * 16 * c), act(), nn.Unflatten(1, (2 * c, 4, 4)),  # latent => 2c x 4 x 4
-        nn.ConvTranspose2d(2 * c, 2 * c, 3, output_padding=1, padding=1, stride=2), act(),  # 4x4 => 8x8
-        nn.Conv2d(2 * c, 2 * c, 3, padding=1), act(),  # 8x8 => 8x8
-        nn.ConvTranspose2d(2 * c, c, 3, output_padding=1, padding=1, stride=2), act(),  # 8x8 => 16x16
-        nn.Conv2d(c, c, 3, padding=1), act(),  # 16x16 => 16x16
-        nn.ConvTranspose2d(c, 3, 3, output_padding=1, padding=1, stride=2), nn.Tanh())  # 16x16 => 32x32
-    return nn.Sequential(encoder, decoder)
-
-
 def compute_comparison(latent: int, train_images: int, epochs: int) -> str:
     """Return a line comparing the training compute of UvA tutorial 9 (500 epochs of 45k) with ours."""
-    theirs = cu.flops_per_image(uva_tutorial9_model(latent), (3, 32, 32))
+    theirs = cu.flops_per_image(cu.UvATutorial9Autoencoder(latent), (3, 32, 32))
     ours = cu.flops_per_image(cu.recommended_autoencoder((3, 32, 32), latent), (3, 32, 32))
     t_total, o_total = theirs * 45_000 * 500, ours * train_images * epochs
     return (f"training compute at latent {latent}: UvA tutorial 9 {theirs / 1e6:.1f} MFLOP/image x 45,000 x 500 "
