@@ -1,17 +1,43 @@
 #!/usr/bin/env bash
-# Set up the course (a virtual environment with everything it needs) and open it in JupyterLab.
-# Extra arguments go to JupyterLab, e.g. `bash start.sh --no-browser --port 8889`.
+# The course's two commands, on a fresh machine or an existing checkout:
+#
+#   bash start.sh          set up the course (a virtual environment, .venv, with everything it needs)
+#                          and open it in JupyterLab; extra arguments go to JupyterLab,
+#                          e.g. `bash start.sh --no-browser --port 8889`
+#   bash start.sh test     set up the same environment if it is missing or out of date, then run the
+#                          tests: unit tests, then every notebook through nbval, in the fast `smoke`
+#                          profile; extra arguments go to pytest, e.g. `bash start.sh test tests/test_engine.py`
 set -euo pipefail
 cd "$(dirname "$0")"
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -r requirements.txt
-.venv/bin/python -m pip install -q -e .
+mode=open
+if [ "${1:-}" = "test" ]; then
+  mode=test
+  shift
+fi
+
+# A virtual environment, created once; reinstalled only when requirements.txt or pyproject.toml change.
+stamp=.venv/.course-installed
+wanted="$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [ ! -x .venv/bin/python ]; then
+  echo "Creating the virtual environment .venv (first run: PyTorch is large, this takes a few minutes)..."
+  python3 -m venv .venv
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r requirements.txt
+  .venv/bin/python -m pip install -q -e ".[course,test]"
+  echo "$wanted" > "$stamp"
+fi
 
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then
   echo "Tip: 'sudo apt-get install dataset-fashion-mnist' gives you Fashion-MNIST offline;"
   echo "     otherwise the notebooks download it on first use."
+fi
+
+if [ "$mode" = "test" ]; then
+  export MPLBACKEND=Agg COURSE_PROFILE="${COURSE_PROFILE:-smoke}"
+  exec .venv/bin/python -m pytest "$@"
 fi
 .venv/bin/python -c "import course_utils as cu; print(cu.describe_setup())"
 exec .venv/bin/jupyter lab notebooks/ "$@"
