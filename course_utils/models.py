@@ -137,7 +137,19 @@ class SpatialBottleneck(nn.Module):
 
 
 class ConvAutoencoder(nn.Module):
-    """Encoder, bottleneck and mirrored decoder, each chosen by argument."""
+    """Encoder, bottleneck and mirrored decoder, each chosen by argument.
+
+    - ``image_size``, ``in_channels``: the square images it takes (and gives back).
+    - ``widths``: channels of each encoder stage; each stage halves the image side, so
+      ``image_size`` must be a multiple of ``2 ** len(widths)``. The decoder mirrors them.
+    - ``latent``: with ``bottleneck="flat"`` the code size (a vector of ``latent`` values, via
+      Linear layers); with ``"spatial"`` the channels of the small code map (a 1x1 convolution).
+    - ``downsample``: ``"stride"`` (stride-2 convolutions) or ``"pool"`` (convolution, then 2x2 max-pool).
+    - ``upsample``: ``"transposed"`` (``kernel_size`` x ``kernel_size`` transposed convolutions) or
+      ``"nearest"``/``"bilinear"`` (resize, then a 3x3 convolution).
+    - ``activation``, ``convs_per_stage``, ``batch_norm``: what each stage is made of.
+    - ``output_activation``: the last layer's (``"sigmoid"`` for [0, 1] images, None for none).
+    """
 
     def __init__(self, image_size: int = 32, in_channels: int = 3, widths: Sequence[int] = (32, 64, 128),
                  latent: int = 128, bottleneck: str = "flat", downsample: str = "stride",

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import os
-import warnings
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -129,7 +127,7 @@ def test_nan_loss_stops_with_the_step_and_a_fix(fashion_test):
 def test_checkpoint_from_a_different_architecture(tmp_path):
     cu.save_checkpoint(tmp_path / "wide.pt", cu.ConvAutoencoder(32, 3, (16, 32), 64))
     with pytest.raises(cu.CheckpointError, match=r"different architecture \(ConvAutoencoder\).*shapes differ: "
-                                                 r"encoder\.0\.weight: checkpoint \(16, 3, 3, 3\) vs model \(8, 3, 3, 3\)"):
+                       r"encoder\.0\.weight: checkpoint \(16, 3, 3, 3\) vs model \(8, 3, 3, 3\)"):
         cu.load_checkpoint(tmp_path / "wide.pt", cu.ConvAutoencoder(32, 3, (8, 32), 64))
     with pytest.raises(cu.CheckpointError, match="not in this model: bottleneck.encode.1.weight"):
         cu.load_checkpoint(tmp_path / "wide.pt", cu.KapilshAutoencoder())

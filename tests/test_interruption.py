@@ -9,7 +9,6 @@ import sys
 import textwrap
 import time
 
-import pytest
 import torch
 
 import course_utils as cu

@@ -1,4 +1,7 @@
-"""course_utils.timing (fit's step timed, FLOP/s) and chapter 05's helpers (seeds' loop, ladder, memory, OOM fallback)."""
+"""course_utils.timing (fit's step timed, FLOP/s) and chapter 05's helpers (seeds' loop, ladder, memory).
+
+Also fit_with_batch_fallback (course_utils.training), which chapter 05 introduces.
+"""
 import math
 
 import pytest
