@@ -156,3 +156,24 @@ def test_cpu_name_reads_the_model_name():
         assert cu.cpu_name() == names[0]  # the first processor's line, exactly
     else:
         assert cu.cpu_name() == (platform.processor() or platform.machine() or "CPU")
+
+
+def test_evaluation_helpers_restore_the_training_mode_even_on_an_error(fashion_test):
+    class Broken(cu.ConvAutoencoder):
+        def forward(self, x):
+            assert not self.training, "evaluation runs in eval mode"
+            raise RuntimeError("broken forward")
+
+        def encode(self, x):
+            return self.forward(x)
+
+    model = Broken(28, 1, (8, 16), 8).train()
+    images = fashion_test.images[:4]
+    calls = [lambda: cu.evaluate(model, images), lambda: cu.reconstruct(model, images),
+             lambda: cu.embed_images(model, images), lambda: cu.code_size(model, images),
+             lambda: cu.layer_table(model, (1, 28, 28)), lambda: cu.feature_maps(model, cu.to_float(images)),
+             lambda: cu.code_shape(model, (1, 28, 28))]
+    for call in calls:
+        with pytest.raises(RuntimeError, match="broken forward"):
+            call()
+        assert model.training
