@@ -92,14 +92,15 @@ def others_share(fn: Callable, *args, **kwargs) -> tuple[object, float | None]:
         return fn(*args, **kwargs), None
     result = fn(*args, **kwargs)
     others = (_busy_seconds() - busy0) - (sum(os.times()[:4]) - own0)
-    return result, max(0.0, others) / ((time.perf_counter() - t0) * (os.cpu_count() or 1))
+    # clamped: clock ticks are coarse, so a short measurement can read above 100%
+    return result, min(1.0, max(0.0, others) / ((time.perf_counter() - t0) * (os.cpu_count() or 1)))
 
 
 class Interference:
     """Redo measurements that other processes disturbed, and say how disturbed the kept ones were."""
 
     def __init__(self, threshold: float | None = None, tries: int = 3, wait: float = 20.0):
-        # $BENCH_MAX_OTHERS=1 never redoes (for a dry run on a busy machine)
+        # a threshold of 1 ($BENCH_MAX_OTHERS=1) never redoes: for a dry run on a busy machine
         self.threshold = float(os.environ.get("BENCH_MAX_OTHERS", DEFAULT_MAX_OTHERS)) if threshold is None \
             else threshold
         self.tries, self.wait = tries, wait
@@ -175,7 +176,8 @@ def verdict(value: float, target: float) -> str:
 def md_table(rows: list[dict]) -> str:
     """Return rows (dicts with the same keys) as a GitHub markdown table, the first column left-aligned."""
     keys = list(rows[0])
-    out = ["| " + " | ".join(map(str, keys)) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(keys))) + "|"]
+    out = ["| " + " | ".join(map(str, keys)) + " |",
+           "|" + "|".join("---" if i == 0 else "---:" for i in range(len(keys))) + "|"]
     out += ["| " + " | ".join(str(r[k]).replace("|", "\\|") for k in keys) + " |" for r in rows]
     return "\n".join(out)
 

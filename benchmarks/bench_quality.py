@@ -9,6 +9,17 @@
     # one tuning run: a named candidate, or the recipe with one training setting changed
     ... bench_quality.py --dataset fashion-mnist --latents 196 --candidates w32-c1 --lr 5e-3
 
+    # training speed only: cu.fit images/s per candidate at batch 32 and 128, round-robin
+    ... bench_quality.py --dataset cifar10 --latents 256 --candidates recommended w32-c1 --speed
+
+    # a long run in chunks (resumable; rerun until it says finished): 3 more of 24 epochs, then score and record
+    ... bench_quality.py --dataset cifar10 --latents 256 --seeds 0 --candidates recommended \\
+        --train-images 50000 --epochs 24 --chunk-epochs 3 --checkpoint /tmp/q/long_cifar256.pt \\
+        --json benchmarks/results/long_run.jsonl
+
+    # the median tables of stored records
+    .venv/bin/python benchmarks/bench_quality.py --dataset cifar10 --report benchmarks/results/quality.jsonl
+
 Every contender is trained with ``cu.fit`` on the same training subset (the profile's size
 unless ``--train-images``), with the same seed, and scored with ``cu.evaluate`` on the whole
 test split (10,000 images unless ``--test-images``): per-pixel MSE on [0, 1] and the PSNR of
@@ -19,22 +30,18 @@ fitted on the full train split and on the same subset the networks see. Images/s
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
+import course_utils as cu
+from _common import Interference, fit_throughput, load_average, machine_line, md_table, round_robin
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import course_utils as cu  # noqa: E402
-
-# Published reference numbers (test MSE on [0, 1]) quoted in the issue.
+# Reference numbers (test MSE on [0, 1]): UvA DL tutorial 9's published results, and the PCA and
+# kapilsh figures the course's specification quotes.
 UVA_TUTORIAL9 = {64: 0.0071, 128: 0.0041, 256: 0.0021, 384: 0.0013}  # CIFAR-10, 500 epochs, RTX 3090
 UVA_MINUTES_PER_MODEL = 13.0
 PCA_REFERENCE = {("cifar10", 256): 0.00225, ("cifar10", 200): 0.00302, ("fashion-mnist", 196): 0.00389}
@@ -106,14 +113,6 @@ def compute_comparison(latent: int, train_images: int, epochs: int) -> str:
             f"{epochs} epochs = {o_total / 1e15:.4f} PFLOP ({t_total / o_total:,.0f}x less)")
 
 
-def machine_line() -> str:
-    """Return one line naming the CPU, core count, torch version and date."""
-    cpu = cu.cpu_name()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu or 'CPU'}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-            f"torch {torch.__version__}, {dt.date.today().isoformat()}, load average {load:.1f} at start")
-
-
 def train_and_score(name: str, image_shape, latent: int, train, test, epochs: int, seed: int,
                     overrides: dict, bottleneck: str = "flat") -> dict:
     """Train candidate ``name`` for ``epochs`` on ``train`` and return its scores on ``test``."""
@@ -125,10 +124,8 @@ def train_and_score(name: str, image_shape, latent: int, train, test, epochs: in
     history = cu.fit(model, train, epochs=epochs, seed=seed, progress=False, device="cpu", **recipe)
     seconds = time.perf_counter() - t0
     scores = cu.evaluate(model, test, ssim=False)
-    code = getattr(model, "code_size", 196 if name == "kapilsh" else latent)
-    if name != "kapilsh" and bottleneck == "spatial" and not name.endswith("-spatial"):
-        name += " [spatial]"
-    return {"candidate": name, "latent": latent, "code_size": int(code), "seed": seed, "mse": scores["mse"],
+    return {"candidate": display_name(name, bottleneck), "latent": latent, "code_size": int(model.code_size),
+            "seed": seed, "mse": scores["mse"],
             "psnr": scores["psnr"], "parameters": cu.count_parameters(model),
             "mflops_per_image": cu.flops_per_image(model, image_shape) / 1e6,
             "train_images_per_second": statistics.median(history["images_per_second"]),
@@ -174,36 +171,63 @@ def median_rows(rows: list[dict]) -> list[dict]:
 
 
 def speed_table(args, train, latents, batch_sizes=(32, 128), rounds: int = 3, images: int = 2048) -> int:
-    """Print cu.fit's training images/s per candidate and batch size: interleaved rounds, medians."""
+    """Print cu.fit's training images/s per candidate and batch size: round-robin rounds, medians."""
     data = train.subset(images, seed=0)
-    jobs = {}
+
+    def job(name, latent, bs):
+        build, settings = CANDIDATES[name]
+        recipe = {**cu.RECOMMENDED_TRAINING, **settings}
+        recipe.pop("batch_size")
+
+        def measure(r):
+            cu.seed_everything(r)
+            return fit_throughput(build(train.image_shape, latent, args.bottleneck), data, bs, 1, device="cpu",
+                                  seed=r, **recipe)
+        return measure
+
+    jobs = {(name, latent, bs): job(name, latent, bs)
+            for latent in latents for name in args.candidates for bs in batch_sizes}
+    interference, load_before = Interference(), load_average()
+    runs = round_robin(jobs, rounds, interference)
+    print(f"# cu.fit images/s on {len(data):,} {args.dataset} images per epoch, each candidate's own training "
+          f"settings; median of {rounds} round-robin rounds, each a fresh model trained one warm-up epoch and one "
+          f"timed epoch; 1-minute load average {load_before:.1f} before, {load_average():.1f} after. "
+          f"{interference.note()}")
+    rows = []
     for latent in latents:
         for name in args.candidates:
+            model = CANDIDATES[name][0](train.image_shape, latent, args.bottleneck)
+            row = {"model": display_name(name, args.bottleneck), "code": model.code_size,
+                   "MFLOP/img (train step)": f"{cu.flops_per_image(model, train.image_shape) / 1e6:.1f}"}
             for bs in batch_sizes:
-                cu.seed_everything(0)
-                jobs[(name, latent, bs)] = CANDIDATES[name][0](train.image_shape, latent, args.bottleneck)
-    rates: dict[tuple, list[float]] = {key: [] for key in jobs}
-    loads = []
-    for _ in range(rounds + 1):  # the first round warms up (thread pools, allocator) and is not kept
-        loads.append(os.getloadavg()[0])
-        for (name, latent, bs), model in jobs.items():
-            h = cu.fit(model, data, epochs=1, batch_size=bs, progress=False, device="cpu", schedule=None, lr=1e-4)
-            rates[(name, latent, bs)].append(h.last["images_per_second"])
-    print(f"# cu.fit images/s on {len(data):,} {args.dataset} images per measurement; median of {rounds} "
-          f"interleaved rounds after one warm-up round; 1-minute load average {min(loads):.1f}-{max(loads):.1f}")
-    print("| model | code | MFLOP/img (train step) | " + " | ".join(f"img/s, batch {b}" for b in batch_sizes) + " |")
-    print("|---|---:|---:|" + "---:|" * len(batch_sizes))
-    for latent in latents:
-        for name in args.candidates:
-            model = jobs[(name, latent, batch_sizes[0])]
-            cells = []
-            for bs in batch_sizes:
-                kept = rates[(name, latent, bs)][1:]
-                cells.append(f"{statistics.median(kept):,.0f} ({min(kept):,.0f}-{max(kept):,.0f})")
-            print(f"| {name}{' [spatial]' if args.bottleneck == 'spatial' and not name.endswith('spatial') else ''} "
-                  f"| {getattr(model, 'code_size', latent)} | {cu.flops_per_image(model, train.image_shape) / 1e6:.1f} "
-                  f"| {' | '.join(cells)} |")
+                t = runs[(name, latent, bs)]
+                row[f"img/s, batch {bs}"] = f"{t.images_per_second:,.0f} ({min(t.rates):,.0f}-{max(t.rates):,.0f})"
+            rows.append(row)
+    print(md_table(rows))
     return 0
+
+
+def display_name(name: str, bottleneck: str) -> str:
+    """Return the candidate's name as tables show it: marked [spatial] when --bottleneck made it so."""
+    fixed = name == "kapilsh" or name.endswith("-spatial")  # their bottleneck does not follow --bottleneck
+    return f"{name} [spatial]" if bottleneck == "spatial" and not fixed else name
+
+
+def print_run(record: dict, progress: str = "") -> None:
+    """Print one trained model's test scores and training speed on one line (``progress``: how far a long run is)."""
+    seconds = record.get("train_seconds", record.get("train_seconds_total"))
+    print(f"{record['candidate']:24s} code {record['code_size']:4d} seed {record['seed']}{progress}: test MSE "
+          f"{record['mse']:.5f} (PSNR {record['psnr']:.2f} dB), {record['train_images_per_second']:,.0f} img/s, "
+          f"{seconds:.0f} s of training", flush=True)
+
+
+def append_records(path: Path | None, records: list[dict]) -> None:
+    """Append the records to the JSON-lines file ``path`` (nothing when None)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.writelines(json.dumps(r, default=str) + "\n" for r in records)
 
 
 def long_run_chunk(args, train, test, epochs: int, overrides: dict, machine: str, command: str) -> int:
@@ -215,7 +239,7 @@ def long_run_chunk(args, train, test, epochs: int, overrides: dict, machine: str
     recipe = {**cu.RECOMMENDED_TRAINING, **settings, **overrides}
     done = 0
     if args.checkpoint.is_file():
-        done = int(torch.load(args.checkpoint, map_location="cpu", weights_only=True)["epoch"])
+        done = int(cu.load_checkpoint(args.checkpoint)["epoch"])
     if done >= epochs:
         print(f"{args.checkpoint} has finished all {epochs} epochs.")
         return 0
@@ -232,13 +256,8 @@ def long_run_chunk(args, train, test, epochs: int, overrides: dict, machine: str
               "psnr": scores["psnr"], "train_seconds_total": sum(history["seconds"]),
               "train_images_per_second": statistics.median(history["images_per_second"][done:]),
               "settings": recipe, "dataset": args.dataset, "machine": machine, "command": command}
-    print(f"{name} code {latent}: epoch {len(history)}/{epochs}, {record['images_seen']:,} images seen, "
-          f"{record['train_seconds_total']:.0f} s of training: test MSE {scores['mse']:.5f} "
-          f"(PSNR {scores['psnr']:.2f} dB), {record['train_images_per_second']:,.0f} img/s", flush=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        with args.json.open("a") as f:
-            f.write(json.dumps(record, default=str) + "\n")
+    print_run(record, f", epoch {len(history)}/{epochs}, {record['images_seen']:,} images seen")
+    append_records(args.json, [record])
     return 0
 
 
@@ -274,26 +293,26 @@ def report(path: Path, dataset: str) -> int:
 
 def markdown(dataset: str, rows: list[dict]) -> str:
     """Return the rows as a Markdown table with the published references beside them."""
-    lines = ["| model | code | test MSE | PSNR dB | params | MFLOP/img (train step) | train img/s | train s | "
-             "reference |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    table = []
     for r in sorted(rows, key=lambda r: (r["latent"], r["mse"])):
         ref = []
         if dataset == "cifar10" and r["latent"] in UVA_TUTORIAL9:
             ref.append(f"UvA 500 ep: {UVA_TUTORIAL9[r['latent']]}")
         if (dataset, r["latent"]) in PCA_REFERENCE:
-            ref.append(f"PCA (issue): {PCA_REFERENCE[(dataset, r['latent'])]}")
+            ref.append(f"PCA (reference): {PCA_REFERENCE[(dataset, r['latent'])]}")
         if r["candidate"] == "kapilsh":
             ref.append(f"kapilsh 6 ep: {KAPILSH_REFERENCE}")
-        if "parameters" in r:
-            cost = (f"{r['parameters']:,} | {r['mflops_per_image']:.1f} | {r['train_images_per_second']:,.0f} "
-                    f"| {r['train_seconds']:.0f}")
-        else:
-            cost = f"- | - | - | {r['fit_seconds']:.0f} (PCA fit)"
-        repeats = f" (median of {r['repeats']})" if r.get("repeats", 1) > 1 else ""
-        spread = (f" ({min(r['mse_all']):.5f}-{max(r['mse_all']):.5f})" if r.get("repeats", 1) > 1 else "")
-        lines.append(f"| {r['candidate']}{repeats} | {r['code_size']} | {r['mse']:.5f}{spread} | {r['psnr']:.2f} "
-                     f"| {cost} | {'; '.join(ref)} |")
-    return "\n".join(lines)
+        trained = "parameters" in r
+        several = r.get("repeats", 1) > 1
+        table.append({
+            "model": r["candidate"] + (f" (median of {r['repeats']})" if several else ""), "code": r["code_size"],
+            "test MSE": f"{r['mse']:.5f}" + (f" ({min(r['mse_all']):.5f}-{max(r['mse_all']):.5f})" if several else ""),
+            "PSNR dB": f"{r['psnr']:.2f}", "params": f"{r['parameters']:,}" if trained else "-",
+            "MFLOP/img (train step)": f"{r['mflops_per_image']:.1f}" if trained else "-",
+            "train img/s": f"{r['train_images_per_second']:,.0f}" if trained else "-",
+            "train s": f"{r['train_seconds']:.0f}" if trained else f"{r['fit_seconds']:.0f} (PCA fit)",
+            "reference": "; ".join(ref)})
+    return md_table(table)
 
 
 def main() -> int:
@@ -339,7 +358,7 @@ def main() -> int:
 
     if args.report:
         return report(args.report, args.dataset)
-    machine, command = machine_line(), " ".join(["python", *sys.argv])
+    machine, command = machine_line(stamp=True), " ".join(["python", *sys.argv])
     print(f"# machine: {machine}")
     print(f"# command: {command}")
     full, train, test = load(args.dataset, train_images, args.test_images, seed=0)
@@ -358,15 +377,10 @@ def main() -> int:
                                     args.bottleneck)
                 r.update(dataset=args.dataset, train_images=len(train), test_images=len(test), epochs=epochs)
                 runs.append(r)
-                print(f"{r['candidate']:24s} code {r['code_size']:4d} seed {seed}: MSE {r['mse']:.5f} "
-                      f"PSNR {r['psnr']:.2f} dB, {r['train_images_per_second']:,.0f} img/s, "
-                      f"{r['train_seconds']:.0f} s", flush=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        with args.json.open("a") as f:
-            for r in rows + runs:  # PCA rows and one row per trained model and seed
-                f.write(json.dumps({**r, "dataset": args.dataset, "machine": machine,
-                                    "command": command}, default=str) + "\n")
+                print_run(r)
+    # PCA rows and one row per trained model and seed
+    append_records(args.json, [{**r, "dataset": args.dataset, "machine": machine, "command": command}
+                               for r in rows + runs])
     print()
     print(markdown(args.dataset, rows + median_rows(runs)))
     return 0

@@ -44,7 +44,8 @@ from _common import (BenchRun, add_run_arguments, apply_tiny, describe_settings,
 SEEDS = {
     "GeeksforGeeks": (cu.GeeksforGeeksAutoencoder, "cifar10", 32,
                       "article's batch size not known here: 32 assumed; CIFAR-10 at 32x32 instead of its Flowers102"),
-    "Paperspace": (lambda: cu.PaperspaceAutoencoder(latent=200), "cifar10", 64, "latent 200, batch 64 as in the article"),
+    "Paperspace": (lambda: cu.PaperspaceAutoencoder(latent=200), "cifar10", 64,
+                   "latent 200, batch 64 as in the article"),
     "kapilsh": (cu.KapilshAutoencoder, "fashion-mnist", 32, "article's batch size not known here: 32 assumed"),
 }
 SKIPPED = {"anothertechs": "skipped: 263M parameters (two 131,072 x 1,000 Linear layers), so one Adam step reads and "
