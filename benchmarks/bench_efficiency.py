@@ -51,6 +51,7 @@ TINY = {"rounds": 1, "repeats": 1, "train_images": 256, "matmul_sizes": [256], "
 
 
 def build() -> nn.Module:
+    """Return a fresh recommended CIFAR-10 autoencoder, the model every measurement here trains."""
     return cu.recommended_autoencoder(SHAPE, LATENT)
 
 
@@ -123,6 +124,7 @@ CATEGORIES = [
 
 
 def categorize(name: str) -> str:
+    """Return the CATEGORIES entry a profiler op name belongs to ('other' when none)."""
     return next((category for category, keys in CATEGORIES if any(k in name for k in keys)), "other")
 
 

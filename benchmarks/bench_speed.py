@@ -50,7 +50,7 @@ SEEDS = {
 }
 SKIPPED = {"anothertechs": "skipped: 263M parameters (two 131,072 x 1,000 Linear layers), so one Adam step reads and "
                            "writes about 4.2 GB of weights, gradients and moments (16 bytes per parameter); it "
-                           "exists to show that design's cost, not to be trained on a 2-core CPU"}
+                           "exists to show that design's cost, not to be trained on a CPU"}
 SEED_OPTIMIZER = {"optimizer": "adam", "lr": 1e-3}  # the seeds' Adam; every other option is fit's default
 TARGET_REPLICA, TARGET_RATIO = "Paperspace", 2.0
 # the options table: one change at a time from this explicit baseline, at the course's recipe
@@ -64,6 +64,7 @@ TINY = {"rounds": 1, "repeats": 1, "warmup": 1, "images_per_repeat": 64, "train_
 
 
 def rate(images_per_second: float) -> str:
+    """Return images/s as a whole number with thousands separators."""
     return f"{images_per_second:,.0f}"
 
 
@@ -191,7 +192,7 @@ def cpu_options_table(args, run: BenchRun) -> tuple[list[dict], str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_arguments(parser, rounds=3, repeats=2)
+    add_run_arguments(parser, rounds=5, repeats=2)
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
     parser.add_argument("--images-per-repeat", type=int, default=1536)
     parser.add_argument("--train-images", type=int, default=8192, help="images the batches are drawn from")

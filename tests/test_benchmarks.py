@@ -41,6 +41,7 @@ def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.Comple
 
 
 def number(text: str) -> float:
+    """Return a table cell such as '1,234' as a number."""
     return float(text.replace(",", ""))
 
 
