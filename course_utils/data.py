@@ -241,16 +241,30 @@ def _read_idx(path: Path) -> np.ndarray:
     return data.reshape(tuple(int(d) for d in dims)).copy()  # writable, owned by numpy
 
 
-def _from_system_copy(name: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
-    """Return arrays from Debian's dataset package, or None if it is not installed."""
+def _system_copy_files(name: str, split: str) -> tuple[Path, Path] | None:
+    """Return the (images, labels) files of Debian's package for ``name``/``split``, if installed."""
     if name != "fashion-mnist":
         return None
     prefix = "train" if split == "train" else "t10k"
     base = SYSTEM_FASHION_MNIST_DIR
     img, lab = base / f"{prefix}-images-idx3-ubyte.gz", base / f"{prefix}-labels-idx1-ubyte.gz"
-    if not (img.is_file() and lab.is_file()):
+    return (img, lab) if img.is_file() and lab.is_file() else None
+
+
+def _from_system_copy(name: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """Return arrays from Debian's dataset package, or None if it is not installed."""
+    files = _system_copy_files(name, split)
+    if files is None:
         return None
-    return _read_idx(img)[..., None], _read_idx(lab).astype(np.int64), list(FASHION_MNIST_CLASSES)
+    return _read_idx(files[0])[..., None], _read_idx(files[1]).astype(np.int64), list(FASHION_MNIST_CLASSES)
+
+
+def local_copy(name: str, split: str) -> Path | None:
+    """Return where ``name``/``split`` would be loaded from without a download (a pack or system copy), or None."""
+    key = _check_name(name, split)
+    pack = next((p for p in _candidate_packs(key, split) if p.is_file()), None)
+    files = _system_copy_files(key, split)
+    return pack or (files[0] if files else None)
 
 
 def _resize_center_crop(pil_image, size: int):

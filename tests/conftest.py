@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import course_utils as cu  # noqa: E402
 from course_utils import data as data_module  # noqa: E402
 
+import data_policy  # noqa: E402
+
 FASHION_DIR = data_module.SYSTEM_FASHION_MNIST_DIR
 SHARED = os.environ.get("COURSE_DATA_DIR")
 
@@ -24,9 +26,21 @@ def _cifar_pack_dir() -> Path | None:
 
 
 CIFAR_DIR = _cifar_pack_dir()
-needs_fashion = pytest.mark.skipif(not (FASHION_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
-                                   reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
-needs_cifar = pytest.mark.skipif(CIFAR_DIR is None, reason="no CIFAR-10 pack (set COURSE_DATA_DIR)")
+# Tests that need a dataset skip with one reason naming the remedies (in CI, where the data must be, they fail).
+needs_fashion = pytest.mark.usefixtures("fashion_available")
+needs_cifar = pytest.mark.usefixtures("cifar_available")
+
+
+@pytest.fixture
+def fashion_available() -> None:
+    """Skip (in CI: fail) unless Fashion-MNIST can be loaded: Debian's copy, or a download."""
+    data_policy.require_dataset("fashion-mnist")
+
+
+@pytest.fixture
+def cifar_available() -> None:
+    """Skip (in CI: fail) unless a CIFAR-10 pack is here: tests read it directly."""
+    data_policy.skip_for_data(None if CIFAR_DIR is not None else data_policy.no_data_reason("cifar10"))
 
 
 def _isolate(monkeypatch: pytest.MonkeyPatch, folder: Path) -> Path:
@@ -50,8 +64,7 @@ def isolated_system_copy(tmp_path_factory):
 
     The repository's data/ folder and the user cache are never touched, whatever COURSE_DATA_DIR says.
     """
-    if not (FASHION_DIR / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    data_policy.require_dataset("fashion-mnist")
     folder = tmp_path_factory.mktemp("isolated")
 
     def load(split: str) -> cu.ImageData:
@@ -77,8 +90,7 @@ def fashion_train(isolated_system_copy) -> cu.ImageData:
 @pytest.fixture(scope="session")
 def cifar_test() -> cu.ImageData:
     """Return the real CIFAR-10 test split from the shared pack."""
-    if CIFAR_DIR is None:
-        pytest.skip("no CIFAR-10 pack")
+    data_policy.skip_for_data(None if CIFAR_DIR is not None else data_policy.no_data_reason("cifar10"))
     return cu.read_pack(CIFAR_DIR / "cifar10" / "test.npz")
 
 
