@@ -33,7 +33,8 @@ def pytest_collection_modifyitems(config, items):
         if path.suffix != ".ipynb":
             continue
         if path not in reasons:
-            missing = [missing_dataset_reason(name) for name in sorted(_datasets_in_notebook(path))]
+            missing = [missing_dataset_reason(name, split) for name in sorted(_datasets_in_notebook(path))
+                       for split in ("train", "test")]
             reasons[path] = next((r for r in missing if r), None)
         if reasons[path]:
             item.add_marker(pytest.mark.skip(reason=reasons[path]))
