@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import course_utils as cu
-from course_utils.chapters import ch03_transposed_convolutions as up
+from course_utils.chapters import ch03_transposed_convolutions as ch03
 from course_utils.chapters.ch03_transposed_convolutions import DECODERS, chapter_model
 
 
@@ -144,7 +144,7 @@ def test_overlap_map_counts_every_kernel_tap_landing_on_each_pixel(kernel_size, 
     padding, output_padding = cu.transposed_padding(kernel_size, stride)
     counts = _taps_1d(6, kernel_size, stride, padding, output_padding)
     expected = counts[:, None] * counts[None, :]  # the 2-D count is the product of the 1-D counts
-    got = up.overlap_map(kernel_size, stride, size=6)
+    got = ch03.overlap_map(kernel_size, stride, size=6)
     assert got.shape == (6 * stride, 6 * stride)
     assert torch.equal(got, expected)
 
@@ -152,34 +152,34 @@ def test_overlap_map_counts_every_kernel_tap_landing_on_each_pixel(kernel_size, 
 def test_overlap_is_even_exactly_when_the_stride_divides_the_kernel():
     for stride in (2, 3):
         for kernel_size in range(stride, 3 * stride + 1):
-            contrast = up.grid_contrast(up.overlap_map(kernel_size, stride, size=8), stride, border=2 * stride)
+            contrast = ch03.grid_contrast(ch03.overlap_map(kernel_size, stride, size=8), stride, border=2 * stride)
             assert (contrast == 0) == (kernel_size % stride == 0), (kernel_size, stride, contrast)
     # 3x3 stride 2: a 2x2 block gets 1, 2, 2 and 4 taps => (4 - 1) / 2.25
-    assert up.grid_contrast(up.overlap_map(3, 2, size=8), 2, border=2) == pytest.approx(4 / 3)
+    assert ch03.grid_contrast(ch03.overlap_map(3, 2, size=8), 2, border=2) == pytest.approx(4 / 3)
 
 
 def test_resize_then_convolve_overlaps_evenly_and_stacks_keep_a_k3_pattern():
     for mode in ("nearest", "bilinear"):
-        one = up.overlap_map(3, 2, size=6, upsample=mode)
-        assert one.shape == (12, 12) and up.grid_contrast(one, 2, border=2) == 0
+        one = ch03.overlap_map(3, 2, size=6, upsample=mode)
+        assert one.shape == (12, 12) and ch03.grid_contrast(one, 2, border=2) == 0
         assert torch.all(one[2:-2, 2:-2] == 9)  # every interior pixel gets all 9 taps
-    stacked = up.overlap_map(3, 2, size=4, layers=3)  # 4x4 => 32x32 like a three-stage decoder
+    stacked = ch03.overlap_map(3, 2, size=4, layers=3)  # 4x4 => 32x32 like a three-stage decoder
     assert stacked.shape == (32, 32)
-    assert up.grid_contrast(stacked, 8, border=8) > up.grid_contrast(stacked, 2, border=8) > 1
+    assert ch03.grid_contrast(stacked, 8, border=8) > ch03.grid_contrast(stacked, 2, border=8) > 1
 
 
 def test_upsampling_layer_matches_the_layers_conv_decoder_builds():
     for k in (2, 3, 4):
-        ours = up.upsampling_layer(k, 2, channels=4, bias=True)
+        ours = ch03.upsampling_layer(k, 2, channels=4, bias=True)
         theirs = next(m for m in cu.ConvDecoder(3, (4, 4), kernel_size=k) if isinstance(m, nn.ConvTranspose2d))
         assert (ours.kernel_size, ours.stride, ours.padding, ours.output_padding) == \
                (theirs.kernel_size, theirs.stride, theirs.padding, theirs.output_padding)
-    resize = up.upsampling_layer(3, 2, "bilinear", channels=2)
+    resize = ch03.upsampling_layer(3, 2, "bilinear", channels=2)
     assert resize(torch.rand(1, 2, 5, 5)).shape == (1, 2, 10, 10)
     with pytest.raises(cu.CourseError, match="odd kernel"):
-        up.upsampling_layer(4, 2, "nearest")
+        ch03.upsampling_layer(4, 2, "nearest")
     with pytest.raises(cu.CourseError, match="upsample must be"):
-        up.upsampling_layer(3, 2, "pixelshuffle")
+        ch03.upsampling_layer(3, 2, "pixelshuffle")
 
 
 def test_error_map_averages_to_the_test_mse_of_evaluate(fashion_test):
@@ -187,7 +187,7 @@ def test_error_map_averages_to_the_test_mse_of_evaluate(fashion_test):
     cu.seed_everything(0)
     model = cu.ConvAutoencoder(28, 1, (8, 16), latent=2, bottleneck="spatial", kernel_size=3)
     cu.fit(model, data, epochs=1, batch_size=64, progress=False, device="cpu")
-    emap = up.error_map(model, data, batch_size=128)  # batches not aligned with the data: 128, 128, 44
+    emap = ch03.error_map(model, data, batch_size=128)  # batches not aligned with the data: 128, 128, 44
     assert emap.shape == (28, 28) and torch.all(emap >= 0)
     assert float(emap.mean()) == pytest.approx(cu.evaluate(model, data)["mse"], rel=1e-4)
     # The border of the image is reconstructed differently from the centre: the map is not flat.
@@ -197,32 +197,32 @@ def test_error_map_averages_to_the_test_mse_of_evaluate(fashion_test):
 def test_grid_contrast_finds_a_checkerboard_added_to_real_images_but_not_a_trend(cifar_test):
     images = cu.to_float(cifar_test.images[:1000])
     clean = images.pow(2).mean(dim=(0, 1))  # a mean "energy" map of real photos: no grid in it
-    assert up.fold_tiles(clean, 4).mean() == pytest.approx(float(clean.mean()), rel=1e-5)
-    base = up.grid_contrast(clean, 2, border=2)
+    assert ch03.fold_tiles(clean, 4).mean() == pytest.approx(float(clean.mean()), rel=1e-5)
+    base = ch03.grid_contrast(clean, 2, border=2)
     sign = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(16, 16)  # +-1 checkerboard, period 2
     stamped = (images + 0.05 * sign).clamp(0, 1).pow(2).mean(dim=(0, 1))
-    assert base < 0.02 and up.grid_contrast(stamped, 2, border=2) > 10 * base
+    assert base < 0.02 and ch03.grid_contrast(stamped, 2, border=2) > 10 * base
     # A smooth trend (brighter towards the bottom) is not a grid: the local mean divides it out.
     ramp = clean * torch.linspace(1.0, 3.0, 32)[:, None]
-    assert up.grid_contrast(ramp, 4, border=2) < 2 * up.grid_contrast(clean, 4, border=2) + 0.01
-    tile = up.grid_tile(stamped, 2, border=2)
+    assert ch03.grid_contrast(ramp, 4, border=2) < 2 * ch03.grid_contrast(clean, 4, border=2) + 0.01
+    tile = ch03.grid_tile(stamped, 2, border=2)
     assert tile.shape == (2, 2) and tile.mean() == pytest.approx(1.0, abs=0.02)
-    assert up.fold_tiles(cifar_test.images[:4], 8).shape == (8, 8)  # uint8 input is scaled to [0, 1]
+    assert ch03.fold_tiles(cifar_test.images[:4], 8).shape == (8, 8)  # uint8 input is scaled to [0, 1]
     with pytest.raises(cu.CourseError, match="must divide"):
-        up.fold_tiles(clean, 5)
+        ch03.fold_tiles(clean, 5)
     with pytest.raises(cu.CourseError, match="zero-mean"):
-        up.grid_contrast(torch.zeros(8, 8))
+        ch03.grid_contrast(torch.zeros(8, 8))
     with pytest.raises(cu.CourseError, match="2 periods wide"):
-        up.grid_contrast(clean, 8, border=10)
+        ch03.grid_contrast(clean, 8, border=10)
 
 
 def test_edge_map_of_real_photos_is_even_and_a_blocky_copy_is_not(cifar_test):
     photos = cifar_test.subset(1000, seed=2)
-    emap = up.edge_map(photos)
+    emap = ch03.edge_map(photos)
     assert emap.shape == (31, 31)
     x = photos.images[:3].float() / 255  # the formula, by hand, at one position
     by_hand = ((x[..., 5, 8] - x[..., 5, 7]) ** 2 + (x[..., 6, 7] - x[..., 5, 7]) ** 2).mean()
-    assert float(up.edge_map(photos.images[:3])[5, 7]) == pytest.approx(float(by_hand), rel=1e-5)
+    assert float(ch03.edge_map(photos.images[:3])[5, 7]) == pytest.approx(float(by_hand), rel=1e-5)
     # Shrink and regrow by nearest-neighbour: every 2x2 block is flat, all jumps sit on block borders.
     blocky = F.interpolate(F.avg_pool2d(photos.images.float(), 2), scale_factor=2, mode="nearest")
-    assert up.grid_contrast(emap, 2, border=2) < 0.05 < 1.0 < up.grid_contrast(up.edge_map(blocky), 2, border=2)
+    assert ch03.grid_contrast(emap, 2, border=2) < 0.05 < 1.0 < ch03.grid_contrast(ch03.edge_map(blocky), 2, border=2)
