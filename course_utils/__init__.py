@@ -42,7 +42,7 @@ from .engine import TrainStep, cpu_has_native_bf16, eval_mode, resolve_amp
 from .metrics import accuracy, embed_images, evaluate, pca_baseline, per_image_errors, psnr_from_mse, reconstruct
 from .training import History, fit, fit_classifier, fit_with_batch_fallback, load_checkpoint, save_checkpoint
 from .layers import feature_maps, flops_per_image, layer_table, receptive_field
-from .timing import Throughput, interleave, matmul_flops, measure_throughput, speedup_table, training_flops
+from .timing import Throughput, TimedSteps, interleave, matmul_flops, measure_throughput, speedup_table, training_flops
 from .experiments import Comparison, code_size, compare_models, sweep_code_sizes
 from .plots import (plot_comparison, plot_losses, plot_speedups, results_table, show_feature_maps, show_images,
                     show_reconstructions)
@@ -79,7 +79,7 @@ __all__ = [
     # layers
     "feature_maps", "flops_per_image", "layer_table", "receptive_field",
     # timing
-    "Throughput", "interleave", "matmul_flops", "measure_throughput", "speedup_table", "training_flops",
+    "Throughput", "TimedSteps", "interleave", "matmul_flops", "measure_throughput", "speedup_table", "training_flops",
     # experiments
     "Comparison", "code_size", "compare_models", "sweep_code_sizes",
     # plots

@@ -383,7 +383,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 def load_image_folder(path: str | Path, image_size: int = 64, on_error: str = "skip") -> ImageData:
-    """Load your own pictures (ImageFolder layout: one sub-folder per class), resized and cropped."""
+    """Load your own pictures, resized and cropped: one sub-folder per class, or a flat folder (one class)."""
     from PIL import Image
     from tqdm.auto import tqdm
 
@@ -396,9 +396,15 @@ def load_image_folder(path: str | Path, image_size: int = 64, on_error: str = "s
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     files = [(f, label) for label, c in enumerate(classes)
              for f in sorted((root / c).rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+    loose = sorted(f for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if loose and not files:  # a flat folder of pictures, as most people keep them: one class
+        classes, files = [root.name], [(f, 0) for f in loose]
+    elif loose:
+        warnings.warn(f"Ignored {len(loose)} picture(s) directly in {root} (e.g. {loose[0].name}): with class "
+                      "sub-folders present, every picture must be in one of them.", stacklevel=2)
     if not files:
-        raise DataNotFoundError(f"No images found in {root}. Expected one sub-folder per class holding "
-                                f"files ending in {', '.join(IMAGE_SUFFIXES)}.")
+        raise DataNotFoundError(f"No images found in {root}. Expected pictures (files ending in "
+                                f"{', '.join(IMAGE_SUFFIXES)}) in it or in one sub-folder per class.")
     images, labels, bad = [], [], []
     for f, label in tqdm(files, desc=f"reading {root.name}", disable=len(files) < 200):
         try:

@@ -84,7 +84,22 @@ def get_profile(name: str | None = None) -> Profile:
             f"Unknown profile {name!r}. Known profiles: {', '.join(PROFILES)}. "
             "Set COURSE_PROFILE to one of them (or unset it to pick by hardware)."
         )
+    if key == "gpu" and not torch.cuda.is_available():
+        _warn_gpu_profile_without_gpu()
     return PROFILES[key]
+
+
+def _warn_gpu_profile_without_gpu() -> None:
+    """Warn, with the expected cost, that the gpu profile was asked for on a machine without CUDA."""
+    import warnings
+    gpu, laptop = PROFILES["gpu"], PROFILES["laptop"]
+    full_split = 50_000  # CIFAR-10's training split, what the gpu profile trains on
+    ratio = full_split * gpu.epochs / (laptop.train_images * laptop.epochs)
+    warnings.warn(
+        f"COURSE_PROFILE=gpu, but this machine has no CUDA GPU. The gpu profile trains on whole splits for "
+        f"{gpu.epochs} epochs: about {ratio:.0f}x the laptop profile's work, i.e. hours per notebook on a CPU "
+        "instead of at most 5 minutes. Set COURSE_PROFILE=laptop (or unset it) unless you mean it.",
+        stacklevel=3)
 
 
 def describe_setup(profile: Profile | None = None, device: torch.device | None = None) -> str:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .data import DeviceBatches, ImageData, to_float
-from .engine import eval_mode
+from .engine import check_model_fits, eval_mode
 from .errors import CourseError
 
 
@@ -28,6 +28,7 @@ def reconstruct(model: nn.Module, images: torch.Tensor | ImageData, batch_size: 
     """Return the model's reconstructions of uint8 images as float [0, 1] tensors on the CPU."""
     images = images.images if isinstance(images, ImageData) else images
     device = device or next(model.parameters()).device
+    check_model_fits(model, tuple(images.shape[1:]), device)  # a clear message, not a convolution's shape error
     low, high = model_value_range(model)
     out = []
     with eval_mode(model):
@@ -44,6 +45,7 @@ def evaluate(model: nn.Module, data: ImageData | torch.Tensor, batch_size: int =
     from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
     device = device or next(model.parameters()).device
+    check_model_fits(model, tuple((data.images if isinstance(data, ImageData) else data).shape[1:]), device)
     low, high = model_value_range(model)
     psnr = PeakSignalNoiseRatio(data_range=1.0).to(device)
     ssim_metric = StructuralSimilarityIndexMeasure(data_range=1.0).to(device) if ssim else None

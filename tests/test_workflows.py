@@ -8,7 +8,7 @@ import torch
 import course_utils as cu
 from course_utils import training
 
-from conftest import needs_fashion
+from conftest import needs_cifar, needs_fashion
 
 OPTIONS = dict(batch_size=64, lr=1e-3, device="cpu", progress=False)
 
@@ -135,3 +135,40 @@ def test_rgb_model_on_grey_images_names_the_channels(small):
     with pytest.raises(cu.CourseError, match=r"takes 3-channel images \(RGB colour\), but the data has 1 "
                                              r"channel\(s\) \(grey\).*images.repeat\(1, 3, 1, 1\)"):
         cu.fit(cu.recommended_autoencoder((3, 28, 28), 196), small, epochs=1, **OPTIONS)
+
+
+@needs_cifar
+def test_evaluating_on_the_wrong_dataset_gives_fits_clear_error(cifar_test):
+    """A Fashion-MNIST model scored on CIFAR-10: the same message as fit, not a convolution's shape error."""
+    for score in (cu.evaluate, cu.reconstruct):
+        with pytest.raises(cu.CourseError, match=r"KapilshAutoencoder takes 1-channel images \(grey\), but the "
+                                                 r"data has 3 channel\(s\) \(RGB colour\)"):
+            score(cu.KapilshAutoencoder(), cifar_test.subset(8))
+
+
+def test_the_gpu_profile_on_a_machine_without_a_gpu_warns_with_the_cost(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match=r"no CUDA GPU.*about 31x the laptop profile's work.*COURSE_PROFILE=laptop"):
+        profile = cu.get_profile("gpu")
+    assert profile.name == "gpu"  # a warning, not a refusal: the learner may mean it
+
+
+def _sample_photos() -> list[Path]:
+    """Return real photos shipped inside scikit-learn (a Chinese temple and a flower, 427x640)."""
+    import sklearn.datasets
+    return sorted((Path(sklearn.datasets.__file__).parent / "images").glob("*.jpg"))
+
+
+def test_a_flat_folder_of_photos_loads_as_one_class(tmp_path):
+    photos = _sample_photos()
+    folder = tmp_path / "holiday"
+    folder.mkdir()
+    for p in photos:
+        (folder / p.name).write_bytes(p.read_bytes())
+    data = cu.load_image_folder(folder, image_size=32)
+    assert data.images.shape == (len(photos), 3, 32, 32) and data.classes == ["holiday"]
+    (folder / "beach").mkdir()  # now with a class sub-folder, the loose photos are ignored, with a warning
+    (folder / "beach" / photos[0].name).write_bytes(photos[0].read_bytes())
+    with pytest.warns(UserWarning, match=r"Ignored 2 picture\(s\) directly in .*holiday"):
+        data = cu.load_image_folder(folder, image_size=32)
+    assert len(data) == 1 and data.classes == ["beach"]
