@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .engine import eval_mode
+from .errors import CourseError
 
 LEAVES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.MaxPool2d, nn.AvgPool2d, nn.Upsample,
           nn.BatchNorm2d, nn.Flatten, nn.Unflatten, nn.AdaptiveAvgPool2d)
@@ -67,6 +68,10 @@ def layer_table(model: nn.Module, input_shape: Sequence[int], receptive_field: b
     try:
         with eval_mode(model), torch.no_grad():
             model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+    except RuntimeError as e:
+        raise CourseError(f"{type(model).__name__} cannot take an input of shape {tuple(input_shape)}: "
+                          f"{str(e).splitlines()[0]}. Give input_shape as (channels, height, width) of the "
+                          "images the model was built for.") from e
     finally:
         for h in hooks:
             h.remove()

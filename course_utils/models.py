@@ -46,12 +46,25 @@ def transposed_padding(kernel_size: int, stride: int = 2) -> tuple[int, int]:
 def conv_transpose_output_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0,
                                output_padding: int = 0, dilation: int = 1) -> int:
     """Return ConvTranspose2d's output size: (H-1)*s - 2p + d*(k-1) + op + 1."""
-    return (size - 1) * stride - 2 * padding + dilation * (kernel_size - 1) + output_padding + 1
+    if not 0 <= output_padding < max(stride, dilation):
+        raise CourseError(f"output_padding must be at least 0 and smaller than the stride ({stride}), got "
+                          f"{output_padding}: PyTorch refuses such a layer. Grow the output with the stride "
+                          "or the kernel size instead.")
+    out = (size - 1) * stride - 2 * padding + dilation * (kernel_size - 1) + output_padding + 1
+    if out <= 0:
+        raise CourseError(f"padding={padding} crops more than a {kernel_size}x{kernel_size} stride-{stride} "
+                          f"transposed convolution produces from {size} pixels (the formula gives {out}); "
+                          "use a smaller padding.")
+    return out
 
 
 def conv_output_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
     """Return Conv2d's (or MaxPool2d's) output size: floor((H + 2p - d*(k-1) - 1) / s) + 1."""
-    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+    out = (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+    if out <= 0:
+        raise CourseError(f"A {kernel_size}x{kernel_size} kernel does not fit in {size} pixels with padding "
+                          f"{padding} (the formula gives {out}): use a smaller kernel or more padding.")
+    return out
 
 
 # --------------------------------------------------------------------------- building blocks

@@ -172,3 +172,42 @@ def test_a_flat_folder_of_photos_loads_as_one_class(tmp_path):
     with pytest.warns(UserWarning, match=r"Ignored 2 picture\(s\) directly in .*holiday"):
         data = cu.load_image_folder(folder, image_size=32)
     assert len(data) == 1 and data.classes == ["beach"]
+
+
+@pytest.mark.parametrize("check, message", [
+    (lambda: cu.conv_transpose_output_size(7, 5, 2, 9, 0), r"padding=9 crops more than .* use a smaller padding"),
+    (lambda: cu.conv_transpose_output_size(7, 5, 2, 2, 3), r"output_padding must be .* smaller than the stride \(2\)"),
+    (lambda: cu.conv_output_size(3, 7, 1, 0), r"A 7x7 kernel does not fit in 3 pixels with padding 0"),
+    (lambda: cu.compression_table((3, 32, 32), [0]), r"Code sizes must be positive"),
+    (lambda: cu.layer_table(cu.KapilshAutoencoder(), (3, 28, 28)),
+     r"KapilshAutoencoder cannot take an input of shape \(3, 28, 28\).*\(channels, height, width\)"),
+    (lambda: cu.overlap_map(0, stride=3, size=8), r"use kernel_size >= stride"),
+    (lambda: cu.grid_contrast(cu.overlap_map(4, stride=3, size=8), period=3, border=60), r"at least 2 periods wide"),
+    (lambda: cu.spatial_code_size(0, 64), r"must be positive"),
+], ids=["transposed-padding-too-big", "output-padding-too-big", "kernel-larger-than-input", "code-size-0",
+        "layer-table-wrong-channels", "overlap-kernel-0", "grid-border-too-wide", "spatial-code-0"])
+def test_exercise_checks_called_with_a_wrong_answer_explain_themselves(check, message):
+    """The exercises' self-check calls, given a wrong or impossible answer: one clear message, not a traceback."""
+    with pytest.raises(cu.CourseError, match=message):
+        check()
+
+
+def test_exercise_formulas_still_agree_with_pytorch_on_valid_layers():
+    for size, k, s, p, op in [(7, 5, 2, 2, 1), (7, 4, 2, 1, 0), (7, 3, 2, 1, 1), (14, 2, 2, 0, 0)]:
+        layer = torch.nn.ConvTranspose2d(1, 1, k, s, p, op)
+        assert cu.conv_transpose_output_size(size, k, s, p, op) == layer(torch.zeros(1, 1, size, size)).shape[-1]
+
+
+def test_the_same_checks_guard_the_dataloader_path(tmp_path, small):
+    """fit with a standard DataLoader of float batches: bad path, wrong channels and Ctrl-C behave alike."""
+    from torch.utils.data import DataLoader
+    loader = DataLoader(cu.ImageDataset(small), batch_size=64)
+    (tmp_path / "results").write_text("not a folder")
+    with pytest.raises(cu.CheckpointError, match="results is a file, not a folder"):
+        cu.fit(cu.KapilshAutoencoder(), loader, epochs=1, checkpoint=tmp_path / "results" / "ck.pt", **{
+            k: v for k, v in OPTIONS.items() if k != "batch_size"})
+    with pytest.raises(cu.CourseError, match=r"takes 3-channel images"):
+        cu.fit(cu.PaperspaceAutoencoder(), loader, epochs=1, device="cpu", progress=False)
+    with pytest.raises(KeyboardInterrupt, match=r"No checkpoint was written yet at .*ck.pt"):
+        cu.fit(cu.KapilshAutoencoder(), loader, epochs=1, checkpoint=tmp_path / "ck.pt", device="cpu",
+               progress=False, input_transform=lambda x: (_ for _ in ()).throw(KeyboardInterrupt))

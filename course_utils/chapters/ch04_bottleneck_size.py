@@ -41,6 +41,8 @@ def compression_table(image_shape: Sequence[int], code_sizes: Sequence[int]):
     """Return a DataFrame with, per code size, the values kept and the compression ratio C*H*W / code size."""
     import pandas as pd
     values = int(np.prod(image_shape))
+    if any(k <= 0 for k in code_sizes):
+        raise CourseError(f"Code sizes must be positive (a code keeps at least one value), got {list(code_sizes)}.")
     rows = [{"code size": int(k), "values per image": values, "compression ratio": values / k,
              "% of values kept": 100.0 * k / values,
              "bytes ratio (uint8 image / float32 code)": values / (4 * k)} for k in code_sizes]
