@@ -30,7 +30,8 @@ __version__ = "0.1.0"
 
 # --------------------------------------------------------------------------- core
 from .errors import CheckpointError, CorruptPackError, CourseError, DataNotFoundError, TrainingDivergedError
-from .environment import PROFILES, Profile, cpu_name, describe_setup, get_device, get_profile, seed_everything
+from .environment import (PROFILES, Profile, cpu_name, describe_setup, get_device, get_profile, seed_everything,
+                          start_chapter)
 from .data import (DeviceBatches, ImageData, ImageDataset, load_dataset, load_image_folder, read_pack,
                    resize_images, to_float, to_uint8, write_pack)
 from .models import (RECOMMENDED_TRAINING, ConvAutoencoder, ConvClassifier, ConvDecoder, ConvEncoder,
@@ -61,6 +62,7 @@ __all__ = [
     "CheckpointError", "CorruptPackError", "CourseError", "DataNotFoundError", "TrainingDivergedError",
     # environment
     "PROFILES", "Profile", "cpu_name", "describe_setup", "get_device", "get_profile", "seed_everything",
+    "start_chapter",
     # data
     "DeviceBatches", "ImageData", "ImageDataset", "load_dataset", "load_image_folder", "read_pack",
     "resize_images", "to_float", "to_uint8", "write_pack",

@@ -102,6 +102,14 @@ def _warn_gpu_profile_without_gpu() -> None:
         stacklevel=3)
 
 
+def start_chapter(seed: int = 0) -> tuple[Profile, torch.device]:
+    """Seed everything, print the setup line and return (profile, device): a chapter's first code line."""
+    profile, device = get_profile(), get_device()
+    seed_everything(seed)
+    print(describe_setup(profile, device))
+    return profile, device
+
+
 def describe_setup(profile: Profile | None = None, device: torch.device | None = None) -> str:
     """Return one line naming the profile, device and torch version, for a notebook's log."""
     profile = profile or get_profile()

@@ -106,6 +106,16 @@ def test_profile_is_chosen_by_environment(monkeypatch):
     assert "profile=smoke" in cu.describe_setup(cu.get_profile("smoke"), torch.device("cpu"))
 
 
+def test_start_chapter_seeds_prints_and_returns_profile_and_device(monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_PROFILE", "smoke")
+    profile, device = cu.start_chapter(seed=3)
+    first = torch.rand(3)
+    assert profile.name == "smoke" and device == cu.get_device()
+    assert capsys.readouterr().out.startswith("profile=smoke")
+    cu.start_chapter(seed=3)
+    assert torch.equal(torch.rand(3), first)  # seeded
+
+
 def test_profiles_hold_the_chapter_knobs():
     sizes = {name: (p.sweep_share, p.images_per_repeat, p.timing_repeats) for name, p in cu.PROFILES.items()}
     assert sizes == {"smoke": (0.5, 256, 1), "laptop": (0.5, 1024, 5), "gpu": (1.0, 16384, 5)}
