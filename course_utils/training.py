@@ -1,4 +1,4 @@
-"""`fit`: a fast, resumable training loop for autoencoders, and atomic checkpoints."""
+"""`fit`: the resumable training loop around `TrainStep`, `fit_classifier`, and atomic checkpoints."""
 from __future__ import annotations
 
 import contextlib
@@ -355,7 +355,8 @@ def _resume(checkpoint: str | Path, step: TrainStep, batches: _Batches, config: 
     """Load a run saved by fit into ``step``; return (history, epoch, batch, steps done)."""
     state = _read_checkpoint(Path(checkpoint), step.device)
     saved = state.get("config", {})
-    fixed = ("batch_size", "lr", "schedule", "images") + (("epochs",) if config["schedule"] not in (None, "none") else ())
+    scheduled = config["schedule"] not in (None, "none")  # without a schedule, more epochs simply continue
+    fixed = ("batch_size", "lr", "schedule", "images") + (("epochs",) if scheduled else ())
     changed = {k: (saved[k], config[k]) for k in fixed if k in saved and saved[k] != config[k]}
     if changed:  # the schedule was laid out for the saved run: continuing it with other settings is undefined
         what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
