@@ -115,9 +115,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.report:
         rows = [json.loads(line) for line in args.report.read_text().splitlines() if line.strip()]
-        print(summary(rows))
+        section = readme_section(rows, args.report)
+        print(section)
         if args.readme:
-            write_readme_section(TITLE, readme_section(rows, args.report))
+            write_readme_section(TITLE, section)
         return 0
     rows = [row for case in args.cases for row in run_case(case, args.seeds, args.epochs, args.train_images,
                                                             args.test_images, args.json)]

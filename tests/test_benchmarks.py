@@ -246,3 +246,20 @@ def test_course_runtime_benchmark_times_notebooks_in_the_profile_and_flags_failu
     failed = subprocess.run(cmd[:-1] + [str(bad)], capture_output=True, text=True, timeout=300)
     missed = json.loads(out.read_text())["missed"]
     assert failed.returncode == 1 and missed == ["02_bad.ipynb failed: ValueError in cell [0]: broken chapter"]
+
+
+def test_bench_precision_report_computes_its_verdict(tmp_path):
+    """The precision report: the relative change per recipe and a verdict that follows the numbers."""
+    def row(case, seed, amp, val):
+        return json.dumps({"case": case, "seed": seed, "amp": amp, "val_mse": val, "test_mse": val})
+    rows = [row("a", 0, "float32", 0.0100), row("a", 0, "bf16", 0.0101), row("a", 1, "float32", 0.0102),
+            row("a", 1, "bf16", 0.0103)]
+    small = tmp_path / "small.jsonl"
+    small.write_text("\n".join(rows) + "\n")
+    out = run_script("bench_precision.py", "--report", str(small)).stdout
+    assert re.search(r"\| a \| 2 \| 0\.01010 \| 0\.01020 \| \+0\.99% \|", out)
+    assert "changing the seed moved float32 validation MSE by 2.00%" in out and "bf16 stays the default" in out
+    big = tmp_path / "big.jsonl"
+    big.write_text("\n".join(rows[:1] + [row("a", 0, "bf16", 0.0110)]) + "\n")
+    out = run_script("bench_precision.py", "--report", str(big)).stdout
+    assert "+10.00%" in out and "make float32 the default" in out
