@@ -211,3 +211,16 @@ def test_the_same_checks_guard_the_dataloader_path(tmp_path, small):
     with pytest.raises(KeyboardInterrupt, match=r"No checkpoint was written yet at .*ck.pt"):
         cu.fit(cu.KapilshAutoencoder(), loader, epochs=1, checkpoint=tmp_path / "ck.pt", device="cpu",
                progress=False, input_transform=lambda x: (_ for _ in ()).throw(KeyboardInterrupt))
+
+
+def test_packs_and_checkpoints_are_readable_by_others_as_with_open(tmp_path):
+    """An instructor fills a shared data folder: files get 0666 less the umask, not a temporary file's 0600."""
+    import numpy as np
+    old = os.umask(0o022)
+    try:
+        pack = cu.write_pack(tmp_path / "cifar10" / "test.npz", np.zeros((2, 4, 4, 3), np.uint8),
+                             np.zeros(2, np.int64), ["a"])
+        ckpt = cu.save_checkpoint(tmp_path / "run.pt", cu.KapilshAutoencoder())
+    finally:
+        os.umask(old)
+    assert pack.stat().st_mode & 0o777 == 0o644 and ckpt.stat().st_mode & 0o777 == 0o644
