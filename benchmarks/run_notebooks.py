@@ -2,13 +2,18 @@
 
     python benchmarks/run_notebooks.py --profile smoke                 # time every notebook
     python benchmarks/run_notebooks.py --profile laptop --write notebooks/01_*.ipynb   # store outputs
+    python benchmarks/run_notebooks.py --normalize                     # re-store without running
 
-``--write`` saves the executed notebook in place (how the committed outputs are made).
+``--write`` saves the executed notebook in place (how the committed outputs are made), in the
+form JupyterLab itself saves (so opening and autosaving a notebook changes nothing) and with each
+progress bar's text showing its final state (what GitHub, nbviewer and a JupyterLab that does not
+restore widgets display) rather than the 0% it started at.
 """
 from __future__ import annotations
 
 import argparse
 import glob
+import html
 import json
 import os
 import sys
@@ -38,6 +43,49 @@ class TimedClient(NotebookClient):
         return result
 
 
+# JupyterLab saves through the server's nbformat, after the browser has parsed the notebook: JavaScript
+# numbers have no int/float distinction, so 188.0 comes back as 188; the kernel is ipykernel's.
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+BAR_WIDTH = 10
+
+
+def _ints_for_integral_floats(value):
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _ints_for_integral_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ints_for_integral_floats(v) for v in value]
+    return value
+
+
+def progress_text(widgets: dict, model_id: str) -> str | None:
+    """Return a tqdm bar's final state as text (``desc: 100%|██████████| 188/188 [...]``), or None if not a bar."""
+    box = widgets.get(model_id, {}).get("state", {})
+    parts = [widgets.get(c.removeprefix("IPY_MODEL_"), {}).get("state", {}) for c in box.get("children", [])]
+    if len(parts) != 3 or "max" not in parts[1]:
+        return None
+    left, bar, right = parts
+    done = round(BAR_WIDTH * bar["value"] / bar["max"]) if bar["max"] else 0
+    text = lambda part: html.unescape(part.get("value", "")).replace("\xa0", " ").replace("\u2007", " ")
+    return f"{text(left)}|{'█' * done}{' ' * (BAR_WIDTH - done)}|{text(right)}"
+
+
+def store_form(nb):
+    """Return ``nb`` in JupyterLab's saved form, each stored progress bar's text showing its final state."""
+    nb = nbformat.from_dict(_ints_for_integral_floats(nb))
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    widgets = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get(WIDGET_VIEW)
+            final = progress_text(widgets, view["model_id"]) if view else None
+            if final is not None:
+                output["data"]["text/plain"] = final
+    return nb
+
+
 def run(path: Path, profile: str, write: bool, timeout: int) -> dict:
     """Execute one notebook in ``profile``; return its timing record."""
     nb = nbformat.read(path, as_version=4)
@@ -56,7 +104,7 @@ def run(path: Path, profile: str, write: bool, timeout: int) -> dict:
             error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     seconds = time.perf_counter() - t0
     if write and error is None:
-        nbformat.write(nb, path)
+        nbformat.write(store_form(nb), path)
     slowest = max(client.cell_seconds, default=(0.0, -1, ""))
     return {"notebook": path.name, "profile": profile, "seconds": round(seconds, 1),
             "slowest_cell_seconds": round(slowest[0], 1), "slowest_cell": f"[{slowest[1]}] {slowest[2]}",
@@ -70,8 +118,15 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help="save executed outputs back into the notebooks")
     parser.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell")
     parser.add_argument("--json", type=Path, help="also write the records to this JSON file")
+    parser.add_argument("--normalize", action="store_true",
+                        help="only re-store the notebooks in store_form (no execution)")
     args = parser.parse_args()
     paths = [Path(p) for p in (args.notebooks or sorted(glob.glob(str(ROOT / "notebooks" / "*.ipynb"))))]
+    if args.normalize:
+        for path in paths:
+            nbformat.write(store_form(nbformat.read(path, as_version=4)), path)
+            print(f"stored {path} in JupyterLab's form, progress bars at their final state")
+        return 0
     records = []
     print(f"{'notebook':45s} {'seconds':>8s} {'slowest cell':>13s}  cell")
     for path in paths:

@@ -1,0 +1,80 @@
+"""The stored notebooks: in JupyterLab's own saved form, and progress bars that show how the run ended."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def run_notebooks():
+    spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "benchmarks" / "run_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def as_jupyterlab_saves(text: str) -> str:
+    """Return a notebook file as JupyterLab writes it back after opening it: parsed by JavaScript, saved by nbformat."""
+    def javascript_numbers(value):  # JSON.parse has one number type: 188.0 comes back as 188
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, dict):
+            return {k: javascript_numbers(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [javascript_numbers(v) for v in value]
+        return value
+
+    nb = nbformat.from_dict(javascript_numbers(json.loads(text)))
+    nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+    return nbformat.writes(nb) + "\n"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_opening_and_autosaving_changes_nothing(path):
+    text = path.read_text()
+    assert as_jupyterlab_saves(text) == text, (
+        f"{path.name} is not stored in JupyterLab's form; run benchmarks/run_notebooks.py --normalize {path}")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_stored_progress_bars_show_their_final_state(path, run_notebooks):
+    nb = json.loads(path.read_text())
+    widgets = nb["metadata"].get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    bars = 0
+    for cell in nb["cells"]:
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get(run_notebooks.WIDGET_VIEW)
+            final = view and run_notebooks.progress_text(widgets, view["model_id"])
+            if final:
+                bars += 1
+                assert "".join(output["data"]["text/plain"]) == final
+                assert " 0%|" not in final  # every bar of a finished run moved
+    assert bars > 0 or "fit(" not in path.read_text()
+
+
+def test_the_check_catches_a_notebook_that_jupyterlab_would_rewrite(tmp_path, run_notebooks):
+    """What the issue saw: a float written as 188.0 and the old kernel name; store_form repairs both."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nb.metadata["widgets"] = {"state": {"m": {"value": 188.0}}}
+    text = nbformat.writes(nb) + "\n"
+    assert as_jupyterlab_saves(text) != text
+    fixed = nbformat.writes(run_notebooks.store_form(nb)) + "\n"
+    assert as_jupyterlab_saves(fixed) == fixed
+
+
+def test_progress_text_reads_a_tqdm_widget(run_notebooks):
+    state = {"box": {"state": {"children": ["IPY_MODEL_l", "IPY_MODEL_b", "IPY_MODEL_r"]}},
+             "l": {"state": {"value": "fit:\u2007100%"}}, "b": {"state": {"value": 8.0, "max": 8.0}},
+             "r": {"state": {"value": "\u20078/8\u2007[00:01&lt;00:00]"}}}
+    assert run_notebooks.progress_text(state, "box") == "fit: 100%|██████████| 8/8 [00:01<00:00]"
+    state["b"]["state"]["value"] = 4.0
+    assert "|█████     |" in run_notebooks.progress_text(state, "box")
+    assert run_notebooks.progress_text(state, "l") is None  # not a bar
