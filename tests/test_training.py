@@ -102,7 +102,7 @@ def test_profile_is_chosen_by_environment(monkeypatch):
     assert cu.get_profile().name == "laptop"
     monkeypatch.delenv("COURSE_PROFILE")
     assert cu.get_profile().name == ("gpu" if torch.cuda.is_available() else "laptop")
-    assert cu.get_profile("smoke").take(60_000) == 1024 and cu.get_profile("gpu").take(60_000) == 60_000
+    assert cu.get_profile("smoke").take(60_000) == 1024 and cu.PROFILES["gpu"].take(60_000) == 60_000
     assert "profile=smoke" in cu.describe_setup(cu.get_profile("smoke"), torch.device("cpu"))
 
 
