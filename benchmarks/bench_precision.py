@@ -34,17 +34,11 @@ CASES = {  # name: (dataset, code size, bottleneck)
 }
 
 
-def split_validation(data: cu.ImageData, n_val: int, n_train: int, seed: int = 0):
-    """Return (train, validation): disjoint random subsets of one split."""
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-    pick = lambda idx: cu.ImageData(data.images[idx], data.labels[idx], data.classes, data.name, data.split)
-    return pick(order[n_val:n_val + n_train].sort().values), pick(order[:n_val].sort().values)
-
-
 def run_case(name: str, seeds: list[int], epochs: int, n_train: int, n_test: int, out: Path | None) -> list[dict]:
     dataset, code, bottleneck = CASES[name]
     full = cu.load_dataset(dataset, "train")
-    train, val = split_validation(full, 5000, n_train)
+    rest, val = cu.validation_split(full, 5000)
+    train = rest.subset(n_train)
     test = cu.load_dataset(dataset, "test").subset(n_test)
     rows = []
     for seed in seeds:

@@ -33,7 +33,7 @@ from .errors import CheckpointError, CorruptPackError, CourseError, DataNotFound
 from .environment import (PROFILES, Profile, cpu_name, describe_setup, get_device, get_profile, seed_everything,
                           start_chapter)
 from .data import (DeviceBatches, ImageData, ImageDataset, load_dataset, load_image_folder, read_pack,
-                   resize_images, to_float, to_uint8, write_pack)
+                   resize_images, to_float, to_uint8, validation_split, write_pack)
 from .models import (RECOMMENDED_TRAINING, ConvAutoencoder, ConvClassifier, ConvDecoder, ConvEncoder,
                      conv_output_size, conv_transpose_output_size, count_parameters, recommended_autoencoder,
                      transposed_padding)
@@ -65,7 +65,7 @@ __all__ = [
     "start_chapter",
     # data
     "DeviceBatches", "ImageData", "ImageDataset", "load_dataset", "load_image_folder", "read_pack",
-    "resize_images", "to_float", "to_uint8", "write_pack",
+    "resize_images", "to_float", "to_uint8", "validation_split", "write_pack",
     # models
     "RECOMMENDED_TRAINING", "ConvAutoencoder", "ConvClassifier", "ConvDecoder", "ConvEncoder", "conv_output_size",
     "conv_transpose_output_size", "count_parameters", "recommended_autoencoder", "transposed_padding",

@@ -84,6 +84,14 @@ class ImageData:
         idx = torch.randperm(len(self), generator=g)[:n].sort().values
         return ImageData(self.images[idx], self.labels[idx], self.classes, self.name, self.split)
 
+    def split_off(self, n: int, seed: int = 0) -> tuple["ImageData", "ImageData"]:
+        """Return (the rest, ``n`` held-out images): a fixed random split by ``seed``, the two parts disjoint."""
+        if not 0 < n < len(self):
+            raise CourseError(f"Can hold out between 1 and {len(self) - 1} of {len(self)} images, got n={n}.")
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        pick = lambda idx: ImageData(self.images[idx], self.labels[idx], self.classes, self.name, self.split)
+        return pick(order[n:].sort().values), pick(order[:n].sort().values)
+
     def to(self, device: torch.device | str) -> "ImageData":
         """Return the same data on ``device`` (still uint8: 4x less memory than float)."""
         return ImageData(self.images.to(device), self.labels.to(device), self.classes, self.name, self.split)
@@ -95,6 +103,19 @@ class ImageData:
     def __repr__(self) -> str:
         return (f"ImageData({self.name or 'images'}/{self.split or '?'}: {len(self)} images of "
                 f"{'x'.join(map(str, self.image_shape))}, {len(self.classes)} classes)")
+
+
+VALIDATION_IMAGES = 5_000  # held out of a training split to choose settings; the test split is for final numbers
+
+
+def validation_split(train: ImageData, n_val: int = VALIDATION_IMAGES, seed: int = 0) -> tuple[ImageData, ImageData]:
+    """Return (train, validation): ``n_val`` images held out of a training split, the same ones every time.
+
+    Choose models and settings on the validation part; touch the test split only for final numbers.
+    """
+    rest, val = train.split_off(min(n_val, len(train) // 5), seed=seed)  # at most a fifth of a small split
+    val.split = f"{train.split or 'train'}/validation"
+    return rest, val
 
 
 def to_float(images: torch.Tensor, value_range: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:

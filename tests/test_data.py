@@ -284,3 +284,20 @@ def test_load_dataset_takes_the_profiles_share_of_each_split(isolated_root, fash
     small = cu.load_dataset("fashion-mnist", "test", profile=smoke, image_size=14)
     assert small.images.shape == (512, 1, 14, 14)
     assert len(cu.load_dataset("fashion-mnist", "test", profile=cu.PROFILES["gpu"])) == 10_000  # all of it
+
+
+def test_validation_split_is_fixed_disjoint_and_documented(fashion_test):
+    rest, val = cu.validation_split(fashion_test)
+    assert (len(rest), len(val)) == (10_000 - 2_000, 2_000)  # at most a fifth of a small split
+    assert val.split == "test/validation" and val.name == "fashion-mnist"
+    rest2, val2 = cu.validation_split(fashion_test)
+    assert torch.equal(val.images, val2.images) and torch.equal(rest.labels, rest2.labels)  # the same every time
+    joined = torch.cat([rest.images, val.images]).flatten(1)
+    assert torch.unique(joined, dim=0).shape[0] == torch.unique(fashion_test.images.flatten(1), dim=0).shape[0]
+    _, other = cu.validation_split(fashion_test, seed=1)
+    assert not torch.equal(other.images, val.images)
+    big_rest, big_val = cu.validation_split(cu.ImageData(fashion_test.images.repeat(6, 1, 1, 1),
+                                                         fashion_test.labels.repeat(6), fashion_test.classes))
+    assert len(big_val) == cu.data.VALIDATION_IMAGES == 5_000 and len(big_rest) == 55_000
+    with pytest.raises(cu.CourseError, match="Can hold out between 1 and"):
+        fashion_test.split_off(0)
