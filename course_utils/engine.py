@@ -138,6 +138,19 @@ def check_model_fits(model: nn.Module, image_shape: tuple[int, ...], device: tor
                           "the decoder's strides, paddings and output_padding (chapter 03).")
 
 
+def _import_quietly(module: str) -> None:
+    """Import ``module`` with its logger silenced below errors (for import-time warnings that mean nothing here)."""
+    import importlib
+    import logging
+    logger = logging.getLogger(module)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        importlib.import_module(module)
+    finally:
+        logger.setLevel(level)
+
+
 # --------------------------------------------------------------------------- optimizer and schedule
 def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, fused: bool = False):
     """Return the optimizer ``name`` ('adamw', 'adam' or 'sgd' with momentum 0.9)."""
@@ -192,6 +205,8 @@ class TrainStep:
         self.scheduler = make_scheduler(schedule, self.optimizer, lr, total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.max_grad_norm, self.input_transform = max_grad_norm, input_transform
+        if compile and not torch.cuda.is_available():
+            _import_quietly("torch.utils.cpp_extension")  # else its import, during compilation, logs "No CUDA"
         self.forward = torch.compile(self.model) if compile else self.model
         self.settings = {"optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "schedule": schedule,
                          "amp": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else None,

@@ -123,3 +123,16 @@ def test_eval_mode_restores_the_mode_even_on_an_error():
     with cu.eval_mode(model):
         pass
     assert not model.training
+
+
+def test_compiling_on_a_cpu_only_machine_stores_no_cuda_warning():
+    """Chapter 05 compiles on the CPU; torch's 'No CUDA runtime is found' log line must not land in its outputs."""
+    import subprocess
+    import sys
+    code = ("import torch, course_utils as cu; from torch import nn\n"
+            "cu.TrainStep(nn.Linear(2, 2), device='cpu', compile=True, amp=False)\n"
+            "import torch.utils.cpp_extension\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={"CUDA_HOME": "/usr/local", "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 0, result.stderr
+    assert "No CUDA runtime" not in result.stderr
