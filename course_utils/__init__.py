@@ -40,7 +40,8 @@ from .models import (RECOMMENDED_TRAINING, ConvAutoencoder, ConvClassifier, Conv
 from .replicas import (AnothertechsAutoencoder, GeeksforGeeksAutoencoder, KapilshAutoencoder,
                        PaperspaceAutoencoder, UvATutorial9Autoencoder)
 from .engine import TrainStep, cpu_has_native_bf16, eval_mode, resolve_amp
-from .metrics import accuracy, embed_images, evaluate, pca_baseline, per_image_errors, psnr_from_mse, reconstruct
+from .metrics import (accuracy, embed_images, evaluate, pca_baseline, pca_parameters, per_image_errors,
+                      psnr_from_mse, reconstruct)
 from .training import History, fit, fit_classifier, fit_with_batch_fallback, load_checkpoint, save_checkpoint
 from .layers import feature_maps, flops_per_image, layer_table, receptive_field
 from .timing import Throughput, TimedSteps, interleave, matmul_flops, measure_throughput, speedup_table, training_flops
@@ -75,7 +76,8 @@ __all__ = [
     # engine
     "TrainStep", "cpu_has_native_bf16", "eval_mode", "resolve_amp",
     # metrics
-    "accuracy", "embed_images", "evaluate", "pca_baseline", "per_image_errors", "psnr_from_mse", "reconstruct",
+    "accuracy", "embed_images", "evaluate", "pca_baseline", "pca_parameters", "per_image_errors", "psnr_from_mse",
+    "reconstruct",
     # training
     "History", "fit", "fit_classifier", "fit_with_batch_fallback", "load_checkpoint", "save_checkpoint",
     # layers

@@ -86,6 +86,12 @@ def embed_images(model: nn.Module, data: ImageData | torch.Tensor, batch_size: i
     return torch.cat(codes)
 
 
+def pca_parameters(n_components: int, image_shape) -> int:
+    """Return what a PCA code of ``n_components`` stores to encode and decode: the axes plus the mean image."""
+    values = int(np.prod(image_shape))
+    return n_components * values + values  # k axes of C*H*W values each, and the C*H*W-value mean
+
+
 def pca_baseline(train: ImageData, test: ImageData, n_components: int, seed: int = 0,
                  return_reconstructions: bool = False) -> dict:
     """Fit PCA with ``n_components`` on the train split and score reconstructions of the test split."""
@@ -106,7 +112,8 @@ def pca_baseline(train: ImageData, test: ImageData, n_components: int, seed: int
     mse = float(((recon_t - target) ** 2).mean())
     ssim = float(structural_similarity_index_measure(recon_t, target, data_range=1.0))
     result = {"mse": mse, "psnr": psnr_from_mse(mse), "ssim": ssim,
-              "explained_variance": float(pca.explained_variance_ratio_.sum())}
+              "explained_variance": float(pca.explained_variance_ratio_.sum()),
+              "parameters": pca_parameters(n_components, train.image_shape)}
     if return_reconstructions:
         result["reconstructions"] = recon_t
     return result

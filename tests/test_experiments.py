@@ -83,3 +83,12 @@ def test_sweep_code_sizes_keys_results_by_code_size(fashion_parts):
     with pytest.raises(cu.CourseError, match="keeps 98 values"):
         cu.sweep_code_sizes(lambda k: _tiny(2, "spatial"), [5], train, test, epochs=1, progress=False,
                             device="cpu")
+
+
+def test_pca_counts_its_parameters_one_way_everywhere(fashion_test):
+    """What PCA stores to encode and decode: k axes of C*H*W values plus the mean image, in every chapter."""
+    assert cu.pca_parameters(196, (1, 28, 28)) == 196 * 784 + 784
+    assert cu.pca_parameters(256, (3, 32, 32)) == 256 * 3072 + 3072
+    train, test = fashion_test.subset(600), fashion_test.subset(100, seed=1)
+    assert cu.pca_baseline(train, test, 8)["parameters"] == cu.pca_parameters(8, (1, 28, 28))
+    assert cu.pca_curve(train, test, [4, 8], ssim=False)[8]["parameters"] == cu.pca_parameters(8, (1, 28, 28))

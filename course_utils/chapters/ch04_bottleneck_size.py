@@ -13,7 +13,7 @@ from torch import nn
 from ..data import ImageData, to_float
 from ..engine import eval_mode
 from ..errors import CourseError
-from ..metrics import psnr_from_mse
+from ..metrics import pca_parameters, psnr_from_mse
 
 
 def code_shape(model: nn.Module, image_shape: Sequence[int]) -> tuple[int, ...]:
@@ -95,6 +95,7 @@ def pca_curve(train: ImageData, test: ImageData, sizes: Sequence[int], ssim: boo
             scores["ssim"] = float(structural_similarity_index_measure(recon, target, data_range=1.0))
         scores["explained_variance"] = float(values[:k].sum()) / total
         scores["code size"] = int(k)
+        scores["parameters"] = pca_parameters(k, train.image_shape)
         if keep_reconstructions:
             scores["reconstructions"] = recon[:keep_reconstructions].clone()
         results[int(k)] = scores
