@@ -115,3 +115,13 @@ def serve_folder():
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+def load_script(relative_path: str):
+    """Import a repository script (benchmarks/, tools/) as a module, by its path: scripts are not a package."""
+    import importlib.util
+    path = Path(__file__).resolve().parent.parent / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

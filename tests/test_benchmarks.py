@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import os
 import re
@@ -15,7 +14,7 @@ import torch
 
 import course_utils as cu
 
-from conftest import CIFAR_DIR, needs_cifar, needs_fashion
+from conftest import CIFAR_DIR, load_script, needs_cifar, needs_fashion
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
@@ -25,10 +24,7 @@ SCRIPTS = sorted(p.name for p in BENCH.glob("*.py"))
 @pytest.fixture(scope="module")
 def common():
     """Return benchmarks/_common.py as a module (the scripts import it as their sibling)."""
-    spec = importlib.util.spec_from_file_location("_common", BENCH / "_common.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/_common.py")
 
 
 def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -1,37 +1,30 @@
 """The stored notebooks: in JupyterLab's own saved form, and progress bars that show how the run ended."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
+SCRIPT = load_script("benchmarks/run_notebooks.py")
+
+
 @pytest.fixture(scope="module")
 def run_notebooks():
-    spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "benchmarks" / "run_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return SCRIPT
 
 
 def as_jupyterlab_saves(text: str) -> str:
     """Return a notebook file as JupyterLab writes it back after opening it: parsed by JavaScript, saved by nbformat."""
-    def javascript_numbers(value):  # JSON.parse has one number type: 188.0 comes back as 188
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, dict):
-            return {k: javascript_numbers(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [javascript_numbers(v) for v in value]
-        return value
-
-    nb = nbformat.from_dict(javascript_numbers(json.loads(text)))
+    # JSON.parse has one number type, so 188.0 comes back as 188; the kernel is ipykernel's own
+    nb = nbformat.from_dict(SCRIPT._ints_for_integral_floats(json.loads(text)))
     nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
     return nbformat.writes(nb) + "\n"
 

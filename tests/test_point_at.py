@@ -1,17 +1,15 @@
 """tools/point_at.py: the course's home in one place, and one command to point a fork's badges and installs at it."""
-import importlib.util
 import shutil
 from pathlib import Path
+
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = ["pyproject.toml", "README.md", "CONTRIBUTING.md", "docs", "benchmarks/README.md", "notebooks"]
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("point_at", ROOT / "tools" / "point_at.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/point_at.py")
 
 
 def _copy(tmp_path: Path) -> Path:

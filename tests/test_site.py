@@ -1,15 +1,14 @@
 """tools/build_site.py: the course as static HTML pages with the stored outputs, readable offline."""
-import importlib.util
 import re
 from pathlib import Path
+
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_site_has_every_chapter_with_its_outputs_and_finished_progress_bars(tmp_path):
-    spec = importlib.util.spec_from_file_location("build_site", ROOT / "tools" / "build_site.py")
-    site = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(site)
+    site = load_script("tools/build_site.py")
     notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
     pages = site.build(tmp_path, notebooks)
     assert [p.name for p in pages] == ["index.html", *[f"{nb.stem}.html" for nb in notebooks]]
