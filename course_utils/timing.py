@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .data import DeviceBatches, ImageData
-from .engine import TrainStep, endless_batches, resolve_channels_last, sync
+from .engine import TrainStep, endless_batches, sync
 from .environment import get_device
 from .errors import CourseError
 from .metrics import model_value_range
@@ -56,11 +56,10 @@ class TimedSteps:
         self.device = torch.device(device) if device is not None else get_device()
         self.batch_size = batch_size
         value_range = tuple(value_range or model_value_range(model))
-        channels_last = resolve_channels_last(step_options.get("channels_last", "auto"), self.device)
+        self.step = TrainStep(model, device=self.device, **step_options)
         self.source = endless_batches(DeviceBatches(data, batch_size, self.device, shuffle=True,
                                                     value_range=value_range, drop_last=True, seed=seed,
-                                                    channels_last=channels_last))
-        self.step = TrainStep(model, device=self.device, **step_options)
+                                                    channels_last=self.step.channels_last))  # the step's layout
         self.losses: list[torch.Tensor] = []  # stay on the device; read once at the end
         self.settings = {"loop": "fit", **self.step.settings, "value_range": list(value_range),
                          "batch_size": batch_size}
