@@ -11,6 +11,7 @@ Core modules, by role (each imports only the ones above it):
 - ``engine``: the training step, written once (`TrainStep`), `eval_mode` and the device choices.
 - ``metrics``: MSE, PSNR and SSIM over a split, reconstructions, codes, accuracy, the PCA baseline.
 - ``training``: `fit` (resumable), `fit_classifier`, `History`, checkpoints.
+- ``pretrained``: reference models trained to convergence, shipped and hash-checked (`load_or_train`).
 - ``layers``: look inside a network: layer tables, receptive fields, feature maps, FLOPs.
 - ``timing``: honest speed measurements (timed blocks, medians, turns) and FLOP/s.
 - ``experiments``: controlled comparisons and code-size sweeps (`Comparison`).
@@ -32,8 +33,9 @@ __version__ = "0.1.0"
 from .errors import CheckpointError, CorruptPackError, CourseError, DataNotFoundError, TrainingDivergedError
 from .environment import (PROFILES, Profile, cpu_name, describe_setup, get_device, get_profile, seed_everything,
                           start_chapter)
-from .data import (DeviceBatches, ImageData, ImageDataset, load_dataset, load_image_folder, read_pack,
-                   resize_images, to_float, to_uint8, validation_split, write_pack)
+from .data import (DeviceBatches, ImageData, ImageDataset, inspect_image_folder, load_dataset, load_image_folder,
+                   random_patches, read_pack, read_photos, resize_images, to_float, to_uint8, validation_split,
+                   write_pack)
 from .models import (RECOMMENDED_TRAINING, ConvAutoencoder, ConvClassifier, ConvDecoder, ConvEncoder,
                      conv_output_size, conv_transpose_output_size, count_parameters, recommended_autoencoder,
                      transposed_padding)
@@ -43,6 +45,7 @@ from .engine import TrainStep, cpu_has_native_bf16, eval_mode, resolve_amp
 from .metrics import (accuracy, embed_images, evaluate, pca_baseline, pca_parameters, per_image_errors,
                       psnr_from_mse, reconstruct)
 from .training import History, fit, fit_classifier, fit_with_batch_fallback, load_checkpoint, save_checkpoint
+from .pretrained import PretrainedError, has_pretrained, load_or_train, load_pretrained, pretrained_info, pretrained_names
 from .layers import feature_maps, flops_per_image, layer_table, receptive_field
 from .timing import Throughput, TimedSteps, interleave, matmul_flops, measure_throughput, speedup_table, training_flops
 from .experiments import Comparison, code_size, compare_models, sweep_code_sizes
@@ -65,8 +68,9 @@ __all__ = [
     "PROFILES", "Profile", "cpu_name", "describe_setup", "get_device", "get_profile", "seed_everything",
     "start_chapter",
     # data
-    "DeviceBatches", "ImageData", "ImageDataset", "load_dataset", "load_image_folder", "read_pack",
-    "resize_images", "to_float", "to_uint8", "validation_split", "write_pack",
+    "DeviceBatches", "ImageData", "ImageDataset", "inspect_image_folder", "load_dataset", "load_image_folder",
+    "random_patches", "read_pack", "read_photos", "resize_images", "to_float", "to_uint8", "validation_split",
+    "write_pack",
     # models
     "RECOMMENDED_TRAINING", "ConvAutoencoder", "ConvClassifier", "ConvDecoder", "ConvEncoder", "conv_output_size",
     "conv_transpose_output_size", "count_parameters", "recommended_autoencoder", "transposed_padding",
@@ -80,6 +84,8 @@ __all__ = [
     "reconstruct",
     # training
     "History", "fit", "fit_classifier", "fit_with_batch_fallback", "load_checkpoint", "save_checkpoint",
+    # pretrained
+    "PretrainedError", "has_pretrained", "load_or_train", "load_pretrained", "pretrained_info", "pretrained_names",
     # layers
     "feature_maps", "flops_per_image", "layer_table", "receptive_field",
     # timing

@@ -1,0 +1,174 @@
+"""Train the course's reference autoencoders to convergence, once, and ship them small.
+
+    python benchmarks/train_references.py                        # every reference not yet in the manifest
+    python benchmarks/train_references.py --only cifar10-256     # one (retrains it)
+    python benchmarks/train_references.py --select cifar10-384   # flat vs spatial on the validation split
+    python benchmarks/train_references.py --report               # the README table from the manifest
+
+Each reference trains on the training split less the course's validation split
+(`cu.validation_split`: 5,000 images held out), is selected on that validation split only, and is
+scored once on the whole test split. The weights are stored in half precision in
+``course_utils/pretrained/<name>.pt`` (what `cu.load_pretrained` reads, after checking the SHA-256
+recorded here) and the manifest row says how the model was made: architecture, recipe, epochs,
+wall time, images/s, machine, torch version, the exact command, and the test scores *of the stored
+half-precision weights* (what a learner loads). Training resumes from ``--work`` after an
+interruption, so a long run can be done in pieces.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import _common
+import course_utils as cu
+from course_utils import pretrained as pt
+from course_utils.files import atomic_write
+
+HERE = Path(__file__).resolve().parent
+SELECTION = HERE / "results" / "reference_selection.jsonl"
+
+# What each reference is: the dataset, the code size and the architecture (ConvAutoencoder's arguments),
+# chosen on the validation split with --select (rows in results/reference_selection.jsonl).
+REFERENCES: dict[str, dict] = {
+    "fashion-mnist-196": {"dataset": "fashion-mnist", "code_size": 196, "bottleneck": "spatial", "epochs": 12},
+    "cifar10-64": {"dataset": "cifar10", "code_size": 64, "bottleneck": "spatial", "epochs": 12},
+    "cifar10-128": {"dataset": "cifar10", "code_size": 128, "bottleneck": "spatial", "epochs": 12},
+    "cifar10-256": {"dataset": "cifar10", "code_size": 256, "bottleneck": "spatial", "epochs": 12},
+    "cifar10-384": {"dataset": "cifar10", "code_size": 384, "bottleneck": "spatial", "epochs": 12},
+}
+RECIPE = dict(cu.RECOMMENDED_TRAINING)
+CHECK_IMAGES = 1_000  # test images a quick check re-scores (test.subset(CHECK_IMAGES)): the tests redo it
+
+
+def architecture(image_shape, code_size: int, bottleneck: str) -> dict:
+    """Return the ConvAutoencoder arguments of the recommended autoencoder for this shape and code."""
+    model = cu.recommended_autoencoder(image_shape, code_size, bottleneck)
+    stages = len([m for m in model.encoder if isinstance(m, torch.nn.Conv2d)])
+    widths = tuple(min(32 * 2 ** i, 256) for i in range(stages))
+    side = image_shape[-1] // 2 ** stages
+    latent = code_size if bottleneck == "flat" else code_size // (side * side)
+    arch = dict(image_size=image_shape[-1], in_channels=image_shape[0], widths=list(widths), latent=latent,
+                bottleneck=bottleneck, downsample="stride", upsample="transposed", kernel_size=4,
+                activation="relu", convs_per_stage=1, batch_norm=True, output_activation="sigmoid")
+    rebuilt = cu.ConvAutoencoder(**arch)
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()], "arguments drifted"
+    return arch
+
+
+def splits(dataset: str):
+    """Return (train less validation, validation, test) of a dataset, whole."""
+    train, val = cu.validation_split(cu.load_dataset(dataset, "train"))
+    return train, val, cu.load_dataset(dataset, "test")
+
+
+def train_reference(name: str, spec: dict, work: Path, command: str) -> dict:
+    """Train one reference (resuming from ``work``), store its half-precision weights, return its manifest row."""
+    train, val, test = splits(spec["dataset"])
+    arch = architecture(train.image_shape, spec["code_size"], spec["bottleneck"])
+    cu.seed_everything(0)
+    model = cu.ConvAutoencoder(**arch)
+    checkpoint = work / f"{name}.ckpt"
+    history = cu.fit(model, train, val, epochs=spec["epochs"], checkpoint=checkpoint, resume=checkpoint.exists(),
+                     desc=name, **RECIPE)
+    seconds = sum(r["seconds"] for r in history.records)
+    path = pt.PRETRAINED_DIR / f"{name}.pt"
+    digest = pt.save_reference(model, path)
+    shipped = pt.build_reference({"architecture": arch})
+    shipped.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    scores = cu.evaluate(shipped.float(), test)
+    val_scores = cu.evaluate(shipped.float(), val, ssim=False)
+    check = cu.evaluate(shipped.float(), test.subset(CHECK_IMAGES), ssim=False)  # what tests/test_pretrained.py redoes
+    return {
+        "name": name, "file": path.name, "sha256": digest, "bytes": path.stat().st_size,
+        "dataset": spec["dataset"], "code_size": spec["code_size"], "architecture": arch,
+        "parameters": cu.count_parameters(model), "recipe": RECIPE, "epochs": len(history),
+        "train_images": len(train), "validation_images": len(val), "test_images": len(test),
+        "wall_seconds": round(seconds, 1), "images_per_second": round(len(train) * len(history) / seconds, 1),
+        "val_mse": round(val_scores["mse"], 6), "test_mse": round(scores["mse"], 6),
+        "test_psnr": round(scores["psnr"], 3), "test_ssim": round(scores["ssim"], 4),
+        "check_images": CHECK_IMAGES, "check_mse": check["mse"],
+        "weights": "float16 (scores are of these stored weights)",
+        "machine": _common.machine_line(), "torch": torch.__version__, "date": f"{dt.date.today()}",
+        "command": command,
+    }
+
+
+def write_manifest(rows: dict[str, dict]) -> None:
+    """Write the manifest atomically, rows sorted by name."""
+    text = json.dumps({"models": [rows[k] for k in sorted(rows)]}, indent=1) + "\n"
+    with atomic_write(pt.MANIFEST) as f:
+        f.write(text.encode())
+
+
+def select(name: str, epochs: int, train_images: int | None) -> list[dict]:
+    """Train flat and spatial bottlenecks briefly on the same data; return their validation scores."""
+    spec = REFERENCES[name]
+    train, val, _ = splits(spec["dataset"])
+    train = train.subset(train_images) if train_images else train
+    rows = []
+    for bottleneck in ("flat", "spatial"):
+        cu.seed_everything(0)
+        model = cu.ConvAutoencoder(**architecture(train.image_shape, spec["code_size"], bottleneck))
+        t0 = time.perf_counter()
+        cu.fit(model, train, epochs=epochs, desc=f"{name} {bottleneck}", **RECIPE)
+        seconds = time.perf_counter() - t0
+        scores = cu.evaluate(model, val, ssim=False)
+        rows.append({"name": name, "bottleneck": bottleneck, "code_size": spec["code_size"], "epochs": epochs,
+                     "train_images": len(train), "split": "validation", "val_mse": round(scores["mse"], 6),
+                     "parameters": cu.count_parameters(model), "seconds": round(seconds, 1),
+                     "machine": _common.machine_line(stamp=True)})
+        print(json.dumps(rows[-1]))
+    return rows
+
+
+def report() -> str:
+    """Return the README's table of the references, from the manifest."""
+    rows = [pt.pretrained_info(n) for n in pt.pretrained_names()]
+    lines = ["| reference | code | bottleneck | parameters | epochs | wall time | images/s | test MSE | PSNR (dB) | SSIM |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| `{r['name']}` | {r['code_size']} | {r['architecture']['bottleneck']} | {r['parameters']:,} | "
+                     f"{r['epochs']} | {r['wall_seconds'] / 60:.1f} min | {r['images_per_second']:,.0f} | "
+                     f"{r['test_mse']:.5f} | {r['test_psnr']:.2f} | {r['test_ssim']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=sorted(REFERENCES), help="train these (again)")
+    parser.add_argument("--select", nargs="+", choices=sorted(REFERENCES), help="compare flat and spatial codes")
+    parser.add_argument("--select-epochs", type=int, default=2)
+    parser.add_argument("--select-images", type=int, default=None, help="train images for --select (default all)")
+    parser.add_argument("--work", type=Path, default=cu.data.user_cache_dir() / "references",
+                        help="folder for resumable training checkpoints")
+    parser.add_argument("--report", action="store_true")
+    args = parser.parse_args()
+    if args.report:
+        print(report())
+        return 0
+    if args.select:
+        rows = [row for name in args.select for row in select(name, args.select_epochs, args.select_images)]
+        with open(SELECTION, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        return 0
+    existing = {n: pt.pretrained_info(n) for n in pt.pretrained_names()}
+    names = args.only or [n for n in REFERENCES if n not in existing]
+    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/train_references.py", *sys.argv[1:]])
+    for name in names:
+        row = train_reference(name, REFERENCES[name], args.work, command)
+        existing[name] = row
+        write_manifest(existing)  # after each model: an interruption loses at most the one in progress
+        print(json.dumps({k: row[k] for k in ("name", "epochs", "wall_seconds", "test_mse", "test_psnr")}))
+    print(report())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Reference models: every shipped one loads, matches its hash and reproduces its recorded score; tampering is caught."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import course_utils as cu
+from course_utils import pretrained as pt
+
+import data_policy
+
+TOLERANCE = 1e-3  # relative: the same float32 arithmetic on another CPU or thread count differs in the last digits
+
+
+@pytest.mark.parametrize("name", pt.pretrained_names())
+def test_reference_loads_and_reproduces_its_recorded_score(name):
+    row = cu.pretrained_info(name)
+    assert cu.has_pretrained(name), f"{row['file']} is missing from course_utils/pretrained/"
+    assert pt.file_sha256(pt.PRETRAINED_DIR / row["file"]) == row["sha256"]
+    assert row["bytes"] <= 5_000_000
+    data_policy.require_dataset(row["dataset"])
+    model = cu.load_pretrained(name)
+    assert not model.training and next(model.parameters()).dtype == torch.float32
+    assert model.code_size == row["code_size"]
+    check = cu.evaluate(model, cu.load_dataset(row["dataset"], "test").subset(row["check_images"]), ssim=False)
+    assert check["mse"] == pytest.approx(row["check_mse"], rel=TOLERANCE)
+
+
+def test_references_fit_the_size_budget():
+    rows = [cu.pretrained_info(n) for n in pt.pretrained_names()]
+    assert sum(r["bytes"] for r in rows) <= 20_000_000
+    for r in rows:
+        assert (pt.PRETRAINED_DIR / r["file"]).stat().st_size == r["bytes"]
+
+
+@pytest.fixture
+def shelf(tmp_path, monkeypatch):
+    """A temporary pretrained folder holding one small trained-looking model and its manifest row."""
+    monkeypatch.setattr(pt, "PRETRAINED_DIR", tmp_path)
+    monkeypatch.setattr(pt, "MANIFEST", tmp_path / "manifest.json")
+    arch = dict(image_size=16, in_channels=1, widths=[4, 8], latent=2, bottleneck="spatial", batch_norm=True)
+    torch.manual_seed(0)
+    model = cu.ConvAutoencoder(**arch)
+    digest = pt.save_reference(model, tmp_path / "tiny.pt")
+    row = {"name": "tiny", "file": "tiny.pt", "sha256": digest, "architecture": arch, "epochs": 3,
+           "test_mse": 0.01, "test_psnr": 20.0, "code_size": model.code_size}
+    (tmp_path / "manifest.json").write_text(json.dumps({"models": [row]}))
+    return tmp_path, model, row
+
+
+def test_loading_gives_the_stored_half_precision_weights(shelf):
+    _, model, _ = shelf
+    loaded = cu.load_pretrained("tiny")
+    x = torch.rand(2, 1, 16, 16)
+    with cu.eval_mode(model):
+        expected = model.half().float()(x)
+    assert torch.allclose(loaded(x), expected, atol=1e-6)
+
+
+def test_an_altered_file_is_refused_with_the_retrain_command(shelf):
+    folder, _, _ = shelf
+    data = bytearray((folder / "tiny.pt").read_bytes())
+    data[-20] ^= 0xFF
+    (folder / "tiny.pt").write_bytes(bytes(data))
+    with pytest.raises(pt.PretrainedError, match="does not match the manifest.*train_references.py --only tiny"):
+        cu.load_pretrained("tiny")
+
+
+def test_a_missing_file_is_reported_and_has_pretrained_says_no(shelf):
+    folder, _, _ = shelf
+    (folder / "tiny.pt").unlink()
+    assert not cu.has_pretrained("tiny")
+    with pytest.raises(pt.PretrainedError, match="is missing.*train_references.py --only tiny"):
+        cu.load_pretrained("tiny")
+
+
+def test_a_changed_architecture_is_reported(shelf):
+    folder, _, row = shelf
+    row["architecture"]["latent"] = 3  # the model code now builds a different bottleneck
+    (folder / "manifest.json").write_text(json.dumps({"models": [row]}))
+    with pytest.raises(pt.PretrainedError, match="no longer fits its recorded architecture"):
+        cu.load_pretrained("tiny")
+
+
+def test_an_unknown_name_lists_the_known_ones(shelf):
+    with pytest.raises(cu.CourseError, match="Known references: tiny"):
+        cu.load_pretrained("tinny")
+
+
+def test_load_or_train_says_which_happened(shelf, capsys):
+    model, what = cu.load_or_train("tiny", train=lambda: pytest.fail("must not train when the reference is there"))
+    assert what.startswith("loaded reference 'tiny'") and "Loaded reference 'tiny'" in capsys.readouterr().out
+    (shelf[0] / "tiny.pt").unlink()
+    trained = torch.nn.Linear(1, 1)
+    model, what = cu.load_or_train("tiny", train=lambda: trained)
+    assert model is trained and "not present" in what and "not present" in capsys.readouterr().out
