@@ -37,21 +37,22 @@ SELECTION = HERE / "results" / "reference_selection.jsonl"
 # What each reference is: the dataset, the code size and the architecture (ConvAutoencoder's arguments),
 # chosen on the validation split with --select (rows in results/reference_selection.jsonl).
 REFERENCES: dict[str, dict] = {
-    "fashion-mnist-196": {"dataset": "fashion-mnist", "code_size": 196, "bottleneck": "spatial", "epochs": 12},
-    "cifar10-64": {"dataset": "cifar10", "code_size": 64, "bottleneck": "spatial", "epochs": 12},
-    "cifar10-128": {"dataset": "cifar10", "code_size": 128, "bottleneck": "spatial", "epochs": 12},
-    "cifar10-256": {"dataset": "cifar10", "code_size": 256, "bottleneck": "spatial", "epochs": 12},
-    "cifar10-384": {"dataset": "cifar10", "code_size": 384, "bottleneck": "spatial", "epochs": 12},
+    "fashion-mnist-196": {"dataset": "fashion-mnist", "code_size": 196, "bottleneck": "spatial", "base_width": 64,
+                          "epochs": 8},
+    "cifar10-256": {"dataset": "cifar10", "code_size": 256, "bottleneck": "spatial", "base_width": 64, "epochs": 8},
+    "cifar10-384": {"dataset": "cifar10", "code_size": 384, "bottleneck": "spatial", "base_width": 64, "epochs": 8},
+    "cifar10-128": {"dataset": "cifar10", "code_size": 128, "bottleneck": "spatial", "base_width": 64, "epochs": 8},
+    "cifar10-64": {"dataset": "cifar10", "code_size": 64, "bottleneck": "spatial", "base_width": 64, "epochs": 8},
 }
 RECIPE = dict(cu.RECOMMENDED_TRAINING)
 CHECK_IMAGES = 1_000  # test images a quick check re-scores (test.subset(CHECK_IMAGES)): the tests redo it
 
 
-def architecture(image_shape, code_size: int, bottleneck: str) -> dict:
-    """Return the ConvAutoencoder arguments of the recommended autoencoder for this shape and code."""
-    model = cu.recommended_autoencoder(image_shape, code_size, bottleneck)
+def architecture(image_shape, code_size: int, bottleneck: str, base_width: int = 32) -> dict:
+    """Return the ConvAutoencoder arguments of the recommended autoencoder for this shape, code and width."""
+    model = cu.recommended_autoencoder(image_shape, code_size, bottleneck, base_width)
     stages = len([m for m in model.encoder if isinstance(m, torch.nn.Conv2d)])
-    widths = tuple(min(32 * 2 ** i, 256) for i in range(stages))
+    widths = tuple(min(base_width * 2 ** i, 256) for i in range(stages))
     side = image_shape[-1] // 2 ** stages
     latent = code_size if bottleneck == "flat" else code_size // (side * side)
     arch = dict(image_size=image_shape[-1], in_channels=image_shape[0], widths=list(widths), latent=latent,
@@ -68,10 +69,11 @@ def splits(dataset: str):
     return train, val, cu.load_dataset(dataset, "test")
 
 
-def train_reference(name: str, spec: dict, work: Path, command: str) -> dict:
+def train_reference(name: str, spec: dict, work: Path, command: str, train_images: int | None = None) -> dict:
     """Train one reference (resuming from ``work``), store its half-precision weights, return its manifest row."""
     train, val, test = splits(spec["dataset"])
-    arch = architecture(train.image_shape, spec["code_size"], spec["bottleneck"])
+    train = train.subset(train_images)  # all of them unless trying the script out
+    arch = architecture(train.image_shape, spec["code_size"], spec["bottleneck"], spec["base_width"])
     cu.seed_everything(0)
     model = cu.ConvAutoencoder(**arch)
     checkpoint = work / f"{name}.ckpt"
@@ -85,6 +87,8 @@ def train_reference(name: str, spec: dict, work: Path, command: str) -> dict:
     scores = cu.evaluate(shipped.float(), test)
     val_scores = cu.evaluate(shipped.float(), val, ssim=False)
     check = cu.evaluate(shipped.float(), test.subset(CHECK_IMAGES), ssim=False)  # what tests/test_pretrained.py redoes
+    # PCA with as many components as the code has values, fit on the same training images: the linear baseline
+    pca = cu.chapters.ch04_bottleneck_size.pca_curve(train, test, [spec["code_size"]])[spec["code_size"]]
     return {
         "name": name, "file": path.name, "sha256": digest, "bytes": path.stat().st_size,
         "dataset": spec["dataset"], "code_size": spec["code_size"], "architecture": arch,
@@ -94,6 +98,7 @@ def train_reference(name: str, spec: dict, work: Path, command: str) -> dict:
         "val_mse": round(val_scores["mse"], 6), "test_mse": round(scores["mse"], 6),
         "test_psnr": round(scores["psnr"], 3), "test_ssim": round(scores["ssim"], 4),
         "check_images": CHECK_IMAGES, "check_mse": check["mse"],
+        "pca_test_mse": round(pca["mse"], 6), "pca_test_psnr": round(pca["psnr"], 3),
         "weights": "float16 (scores are of these stored weights)",
         "machine": _common.machine_line(), "torch": torch.__version__, "date": f"{dt.date.today()}",
         "command": command,
@@ -107,24 +112,28 @@ def write_manifest(rows: dict[str, dict]) -> None:
         f.write(text.encode())
 
 
+CANDIDATES = {"flat, width 32": ("flat", 32), "spatial, width 32": ("spatial", 32), "spatial, width 64": ("spatial", 64)}
+
+
 def select(name: str, epochs: int, train_images: int | None) -> list[dict]:
-    """Train flat and spatial bottlenecks briefly on the same data; return their validation scores."""
+    """Train each candidate architecture briefly on the same images; return their validation scores."""
     spec = REFERENCES[name]
     train, val, _ = splits(spec["dataset"])
-    train = train.subset(train_images) if train_images else train
+    train = train.subset(train_images)
     rows = []
-    for bottleneck in ("flat", "spatial"):
+    for label, (bottleneck, base_width) in CANDIDATES.items():
         cu.seed_everything(0)
-        model = cu.ConvAutoencoder(**architecture(train.image_shape, spec["code_size"], bottleneck))
+        model = cu.ConvAutoencoder(**architecture(train.image_shape, spec["code_size"], bottleneck, base_width))
         t0 = time.perf_counter()
-        cu.fit(model, train, epochs=epochs, desc=f"{name} {bottleneck}", **RECIPE)
+        cu.fit(model, train, epochs=epochs, desc=f"{name} {label}", **RECIPE)
         seconds = time.perf_counter() - t0
         scores = cu.evaluate(model, val, ssim=False)
-        rows.append({"name": name, "bottleneck": bottleneck, "code_size": spec["code_size"], "epochs": epochs,
-                     "train_images": len(train), "split": "validation", "val_mse": round(scores["mse"], 6),
+        rows.append({"name": name, "candidate": label, "bottleneck": bottleneck, "base_width": base_width,
+                     "code_size": spec["code_size"], "epochs": epochs, "train_images": len(train),
+                     "split": "validation", "val_mse": round(scores["mse"], 6),
                      "parameters": cu.count_parameters(model), "seconds": round(seconds, 1),
-                     "machine": _common.machine_line(stamp=True)})
-        print(json.dumps(rows[-1]))
+                     "torch_threads": torch.get_num_threads(), "machine": _common.machine_line(stamp=True)})
+        print(json.dumps({k: rows[-1][k] for k in ("name", "candidate", "val_mse", "parameters", "seconds")}))
     return rows
 
 
@@ -145,11 +154,16 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(REFERENCES), help="train these (again)")
     parser.add_argument("--select", nargs="+", choices=sorted(REFERENCES), help="compare flat and spatial codes")
     parser.add_argument("--select-epochs", type=int, default=2)
-    parser.add_argument("--select-images", type=int, default=None, help="train images for --select (default all)")
+    parser.add_argument("--select-images", type=int, default=6000, help="train images for --select")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--work", type=Path, default=cu.data.user_cache_dir() / "references",
                         help="folder for resumable training checkpoints")
     parser.add_argument("--report", action="store_true")
+    parser.add_argument("--epochs", type=int, help="override every reference's epochs (to try the script out)")
+    parser.add_argument("--train-images", type=int, help="train on this many images (to try the script out)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.report:
         print(report())
         return 0
@@ -162,7 +176,8 @@ def main() -> int:
     names = args.only or [n for n in REFERENCES if n not in existing]
     command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/train_references.py", *sys.argv[1:]])
     for name in names:
-        row = train_reference(name, REFERENCES[name], args.work, command)
+        spec = dict(REFERENCES[name], **({"epochs": args.epochs} if args.epochs else {}))
+        row = train_reference(name, spec, args.work, command, args.train_images)
         existing[name] = row
         write_manifest(existing)  # after each model: an interruption loses at most the one in progress
         print(json.dumps({k: row[k] for k in ("name", "epochs", "wall_seconds", "test_mse", "test_psnr")}))

@@ -217,7 +217,7 @@ RECOMMENDED_TRAINING = {"optimizer": "adamw", "lr": 5e-3, "weight_decay": 1e-4, 
 
 
 def recommended_autoencoder(image_shape: Sequence[int] = (3, 32, 32), latent: int = 256,
-                            bottleneck: str = "flat") -> ConvAutoencoder:
+                            bottleneck: str = "flat", base_width: int = 32) -> ConvAutoencoder:
     """Return the course's recommended autoencoder for images of ``image_shape`` (C, H, W).
 
     Stride-2 convolutions (32, 64, ... channels, batch norm, ReLU) halve the image until its
@@ -241,7 +241,8 @@ def recommended_autoencoder(image_shape: Sequence[int] = (3, 32, 32), latent: in
     if stages == 0:
         raise CourseError(f"Image size {size} cannot be halved into a small map: use an even size above 8 "
                           "(load_dataset(..., image_size=32)).")
-    widths = tuple(min(32 * 2 ** i, 256) for i in range(stages))  # (32, 64) for 28x28 and 32x32 images
+    check_positive("base_width", base_width)
+    widths = tuple(min(base_width * 2 ** i, 256) for i in range(stages))  # (32, 64) for 28x28 and 32x32 images
     code_channels = latent
     if bottleneck == "spatial":
         if latent % (side * side):

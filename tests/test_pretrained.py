@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import course_utils as cu
 from course_utils import pretrained as pt
 
 import data_policy
+from conftest import load_script
 
 TOLERANCE = 1e-3  # relative: the same float32 arithmetic on another CPU or thread count differs in the last digits
 
@@ -96,3 +98,20 @@ def test_load_or_train_says_which_happened(shelf, capsys):
     trained = torch.nn.Linear(1, 1)
     model, what = cu.load_or_train("tiny", train=lambda: trained)
     assert model is trained and "not present" in what and "not present" in capsys.readouterr().out
+
+
+def test_the_training_script_writes_a_loadable_reference(shelf, tmp_path, monkeypatch):
+    """benchmarks/train_references.py end to end on 256 images for one epoch: weights, manifest row, loading."""
+    data_policy.require_dataset("fashion-mnist")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))  # its `import _common`
+    script = load_script("benchmarks/train_references.py")
+    monkeypatch.setattr(script, "CHECK_IMAGES", 100)
+    row = script.train_reference("fashion-mnist-196", dict(script.REFERENCES["fashion-mnist-196"], epochs=1),
+                                 tmp_path / "work", "python benchmarks/train_references.py --test", train_images=256)
+    script.write_manifest({"fashion-mnist-196": row})
+    assert row["train_images"] == 256 and row["epochs"] == 1 and row["code_size"] == 196
+    assert row["sha256"] == pt.file_sha256(pt.PRETRAINED_DIR / row["file"])
+    model = cu.load_pretrained("fashion-mnist-196")
+    check = cu.evaluate(model, cu.load_dataset("fashion-mnist", "test").subset(100), ssim=False)
+    assert check["mse"] == pytest.approx(row["check_mse"], rel=TOLERANCE)
+    assert 0 < row["test_mse"] < 0.2 and row["pca_test_mse"] > 0
