@@ -7,6 +7,9 @@
 #   bash start.sh test     set up the same environment if it is missing or out of date, then run the
 #                          tests: unit tests, then every notebook through nbval, in the fast `smoke`
 #                          profile; extra arguments go to pytest, e.g. `bash start.sh test tests/test_engine.py`
+#
+# COURSE_EXTRAS adds optional parts of the package, e.g. COURSE_EXTRAS=browser (Playwright, for the browser
+# test; CI sets it).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,9 +19,10 @@ if [ "${1:-}" = "test" ]; then
   shift
 fi
 
-# A virtual environment, created once; reinstalled only when requirements.txt or pyproject.toml change.
+# A virtual environment, created once; reinstalled only when requirements.txt, pyproject.toml or the extras change.
+extras="course,test${COURSE_EXTRAS:+,$COURSE_EXTRAS}"
 stamp=.venv/.course-installed
-wanted="$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+wanted="$( (cat requirements.txt pyproject.toml; echo "$extras") | sha256sum | cut -d' ' -f1)"
 if [ ! -x .venv/bin/python ]; then
   echo "Creating the virtual environment .venv (first run: PyTorch is large, this takes a few minutes)..."
   python3 -m venv .venv
@@ -26,7 +30,7 @@ fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements.txt
-  .venv/bin/python -m pip install -q -e ".[course,test]"
+  .venv/bin/python -m pip install -q -e ".[$extras]"
   echo "$wanted" > "$stamp"
 fi
 
