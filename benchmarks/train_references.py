@@ -112,6 +112,17 @@ def write_manifest(rows: dict[str, dict]) -> None:
         f.write(text.encode())
 
 
+def add_to_manifest(row: dict) -> None:
+    """Add or replace one row, re-reading the manifest under a lock: several runs may train references at once."""
+    import fcntl
+
+    with open(pt.PRETRAINED_DIR / ".manifest.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = {n: pt.pretrained_info(n) for n in pt.pretrained_names()}
+        rows[row["name"]] = row
+        write_manifest(rows)
+
+
 CANDIDATES = {"flat, width 32": ("flat", 32), "spatial, width 32": ("spatial", 32), "spatial, width 64": ("spatial", 64)}
 
 
@@ -172,14 +183,12 @@ def main() -> int:
         with open(SELECTION, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         return 0
-    existing = {n: pt.pretrained_info(n) for n in pt.pretrained_names()}
-    names = args.only or [n for n in REFERENCES if n not in existing]
+    names = args.only or [n for n in REFERENCES if n not in pt.pretrained_names()]
     command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/train_references.py", *sys.argv[1:]])
     for name in names:
         spec = dict(REFERENCES[name], **({"epochs": args.epochs} if args.epochs else {}))
         row = train_reference(name, spec, args.work, command, args.train_images)
-        existing[name] = row
-        write_manifest(existing)  # after each model: an interruption loses at most the one in progress
+        add_to_manifest(row)  # after each model: an interruption loses at most the one in progress
         print(json.dumps({k: row[k] for k in ("name", "epochs", "wall_seconds", "test_mse", "test_psnr")}))
     print(report())
     return 0
