@@ -23,6 +23,8 @@ Chapter-only helpers, one module per chapter (``course_utils.chapters``):
 - ``ch03_transposed_convolutions``: overlap, error and edge maps, grid contrast, the chapter's decoders.
 - ``ch04_bottleneck_size``: compression tables, code shapes, the one-pass PCA curve, sharpness.
 - ``ch05_fast_training``: the seed tutorials' loop, the improvement ladder, GPU memory by batch size.
+- ``ch06_denoising``: corruptions for ``fit(input_transform=...)``, classical filters, scores per noise level.
+- ``ch07_anomaly_detection``: one-class splits, PCA and autoencoder anomaly scores, ROC-AUC, thresholds, OOD inputs.
 
 Everything in ``__all__`` is reachable as ``cu.<name>``; the rest by module path
 (e.g. ``cu.data.pack_path``).
@@ -60,6 +62,15 @@ from .chapters.ch04_bottleneck_size import (bottleneck_map, code_shape, compress
                                             pca_curve, plot_code_size_curve, spatial_code_size)
 from .chapters.ch05_fast_training import (fit_tutorial_style, improvement_ladder, peak_memory_by_batch_size,
                                           tutorial_transform)
+from .chapters.ch06_denoising import (Cutout, GaussianNoise, SaltAndPepper, beats_best_filter,
+                                      choose_filter_parameter, corrupt, cross_sigma_table, denoising_frame,
+                                      denoising_scores, gaussian_blur, image_scores, median_filter, per_image_psnr,
+                                      plot_psnr_vs_sigma, show_worst_cases)
+from .chapters.ch07_anomaly_detection import (OneClassRun, anomaly_labels, auc_table, cifar_classes, digits_images,
+                                              fit_pca, one_class, one_class_runs, ood_inputs, ood_table,
+                                              pca_errors, plot_auc_table, plot_error_histograms, plot_roc_curves,
+                                              rates_table, roc_auc, show_extremes, threshold_at, threshold_rates,
+                                              train_one_class)
 
 __all__ = [
     # errors
@@ -104,4 +115,13 @@ __all__ = [
     "spatial_code_size",
     # chapter 05: fast training
     "fit_tutorial_style", "improvement_ladder", "peak_memory_by_batch_size", "tutorial_transform",
+    # chapter 06: denoising autoencoders
+    "Cutout", "GaussianNoise", "SaltAndPepper", "beats_best_filter", "choose_filter_parameter", "corrupt",
+    "cross_sigma_table", "denoising_frame", "denoising_scores", "gaussian_blur", "image_scores", "median_filter",
+    "per_image_psnr", "plot_psnr_vs_sigma", "show_worst_cases",
+    # chapter 07: anomaly detection
+    "OneClassRun", "anomaly_labels", "auc_table", "cifar_classes", "digits_images", "fit_pca", "one_class",
+    "one_class_runs", "ood_inputs", "ood_table", "pca_errors", "plot_auc_table", "plot_error_histograms",
+    "plot_roc_curves", "rates_table", "roc_auc", "show_extremes", "threshold_at", "threshold_rates",
+    "train_one_class",
 ]

@@ -1,0 +1,289 @@
+"""Chapter 06 (denoising autoencoders): corruptions, classical filters, and scores per noise level.
+
+A corruption (`GaussianNoise`, `SaltAndPepper`, `Cutout`) is a callable that changes a float
+batch on its own device; pass it to ``fit(..., input_transform=...)`` and only the model's
+inputs are corrupted, the target stays the clean batch. For scoring, `corrupt` makes one fixed
+noisy copy of a split, so every method is judged on the same noisy pixels.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import ImageData, to_float
+from ..errors import CourseError
+from ..metrics import reconstruct
+
+SIGMAS = (0.1, 0.2, 0.3, 0.5)  # noise levels on [0, 1] images, the chapter's x axis
+BLUR_SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # Gaussian blur widths (pixels) to choose from on validation
+MEDIAN_SIZES = (3, 5)  # median filter windows (pixels) to choose from on validation
+
+
+# --------------------------------------------------------------------------- corruptions
+class Corruption:
+    """A corruption of float images in [0, 1]: ``noisy = corruption(x)``, on x's device, x left unchanged."""
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+def _rand(shape, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+class GaussianNoise(Corruption):
+    """Add N(0, sigma^2) noise to every value, then clip to [0, 1].
+
+    ``sigma`` is one level, or a (low, high) range from which each image draws its own level
+    (a *blind* denoiser, trained for every level in the range at once).
+    """
+
+    def __init__(self, sigma: float | tuple[float, float]):
+        low, high = (sigma, sigma) if isinstance(sigma, (int, float)) else tuple(sigma)
+        if not 0 <= low <= high:
+            raise CourseError(f"GaussianNoise needs 0 <= sigma (or a range low <= high), got sigma={sigma!r}. "
+                              "Noise levels are on the [0, 1] pixel scale, e.g. 0.1 or (0.05, 0.5).")
+        self.sigma = sigma
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if isinstance(self.sigma, (int, float)):
+            sigma = self.sigma
+        else:  # one level per image, uniform in the range
+            low, high = self.sigma
+            sigma = (low + (high - low) * _rand((x.shape[0],), x, generator)).view(-1, *[1] * (x.ndim - 1))
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return (x + sigma * noise).clamp_(0.0, 1.0)
+
+
+class SaltAndPepper(Corruption):
+    """Set a random ``amount`` of the pixels to black or white (half each), all channels of a pixel alike."""
+
+    def __init__(self, amount: float):
+        if not 0 <= amount <= 1:
+            raise CourseError(f"SaltAndPepper's amount is the fraction of pixels to replace, between 0 and 1; "
+                              f"got {amount!r} (e.g. 0.1 for 10%).")
+        self.amount = amount
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        u = _rand((x.shape[0], 1, *x.shape[2:]), x, generator)  # one draw per pixel, shared by its channels
+        out = x.clone()
+        out.masked_fill_((u < self.amount / 2).expand_as(x), 0.0)  # pepper
+        out.masked_fill_(((u >= self.amount / 2) & (u < self.amount)).expand_as(x), 1.0)  # salt
+        return out
+
+
+class Cutout(Corruption):
+    """Blank one random ``size`` x ``size`` square per image (set it to ``fill``): random masking."""
+
+    def __init__(self, size: int, fill: float = 0.0):
+        if int(size) != size or size < 1:
+            raise CourseError(f"Cutout's size is the side of the blanked square in pixels, a whole number >= 1; "
+                              f"got {size!r}.")
+        self.size, self.fill = int(size), fill
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        n, _, h, w = x.shape
+        if self.size > min(h, w):
+            raise CourseError(f"Cutout size {self.size} is larger than the {h}x{w} images; use a size of at most "
+                              f"{min(h, w)} (a quarter of the side, {max(1, min(h, w) // 4)}, is typical).")
+        top = (_rand((n,), x, generator) * (h - self.size + 1)).long().view(n, 1, 1, 1)
+        left = (_rand((n,), x, generator) * (w - self.size + 1)).long().view(n, 1, 1, 1)
+        rows = torch.arange(h, device=x.device).view(1, 1, h, 1)
+        cols = torch.arange(w, device=x.device).view(1, 1, 1, w)
+        mask = (rows >= top) & (rows < top + self.size) & (cols >= left) & (cols < left + self.size)
+        return x.masked_fill(mask, self.fill)
+
+
+@torch.no_grad()
+def corrupt(data: ImageData | torch.Tensor, corruption: Callable, seed: int = 0,
+            batch_size: int = 1000) -> torch.Tensor:
+    """Return a fixed corrupted copy of a split as float [0, 1] images on the CPU (the same for a given seed)."""
+    images = data.images if isinstance(data, ImageData) else data
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([corruption(to_float(images[i:i + batch_size]), generator=g)
+                      for i in range(0, len(images), batch_size)])
+
+
+# --------------------------------------------------------------------------- classical filters
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Return images blurred by a Gaussian of ``sigma`` pixels (kernel side 2 * ceil(3 sigma) + 1, reflect padding)."""
+    from torchvision.transforms.functional import gaussian_blur as blur
+
+    if sigma <= 0:
+        raise CourseError(f"A Gaussian blur needs a positive width sigma (in pixels), got {sigma!r}.")
+    side = min(images.shape[-2:])
+    kernel = min(2 * math.ceil(3 * sigma) + 1, side - 1 if side % 2 == 0 else side)  # odd, at most the image
+    return blur(to_float(images), [kernel, kernel], [float(sigma), float(sigma)])
+
+
+def median_filter(images: torch.Tensor, size: int, batch_size: int = 1000) -> torch.Tensor:
+    """Return images with each value replaced by the median of its ``size`` x ``size`` window (reflect padding)."""
+    if size < 1 or size % 2 == 0:
+        raise CourseError(f"A median filter's window must be an odd whole number of pixels (3, 5, ...), got {size!r}.")
+    x = to_float(images)
+    n, c, h, w = x.shape
+    pad = size // 2
+    out = []
+    for i in range(0, n, batch_size):
+        chunk = F.pad(x[i:i + batch_size], (pad, pad, pad, pad), mode="reflect")
+        windows = F.unfold(chunk, size).view(chunk.shape[0], c, size * size, h, w)  # every window, flattened
+        out.append(windows.median(dim=2).values)
+    return torch.cat(out)
+
+
+FILTERS: dict[str, tuple[Callable[[torch.Tensor, float], torch.Tensor], tuple]] = {
+    "Gaussian blur": (gaussian_blur, BLUR_SIGMAS),
+    "median filter": (median_filter, MEDIAN_SIZES),
+}
+
+
+# --------------------------------------------------------------------------- scores
+@torch.no_grad()
+def image_scores(restored: torch.Tensor, clean: ImageData | torch.Tensor, ssim: bool = True,
+                 batch_size: int = 1000) -> dict[str, float]:
+    """Return MSE, PSNR (of the mean MSE, as `evaluate` reports it) and SSIM of restored images against clean ones."""
+    from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+    target = clean.images if isinstance(clean, ImageData) else clean
+    if tuple(restored.shape) != tuple(target.shape):
+        raise CourseError(f"Restored images {tuple(restored.shape)} and clean images {tuple(target.shape)} "
+                          "differ in shape: score each restored image against its own clean original.")
+    psnr = PeakSignalNoiseRatio(data_range=1.0)
+    ssim_metric = StructuralSimilarityIndexMeasure(data_range=1.0) if ssim else None
+    sq_error, count = 0.0, 0
+    for i in range(0, len(target), batch_size):
+        y, t = to_float(restored[i:i + batch_size]).clamp(0, 1), to_float(target[i:i + batch_size])
+        sq_error += float((y - t).pow(2).sum(dtype=torch.float64))
+        count += t.numel()
+        psnr.update(y, t)
+        if ssim_metric is not None:
+            ssim_metric.update(y, t)
+    result = {"mse": sq_error / count, "psnr": float(psnr.compute())}
+    if ssim_metric is not None:
+        result["ssim"] = float(ssim_metric.compute())
+    return result
+
+
+def per_image_psnr(restored: torch.Tensor, clean: ImageData | torch.Tensor) -> torch.Tensor:
+    """Return each image's PSNR in dB against its clean original."""
+    target = to_float(clean.images if isinstance(clean, ImageData) else clean)
+    mse = (to_float(restored).clamp(0, 1) - target).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1 / mse.clamp_min(1e-10))
+
+
+def choose_filter_parameter(name: str, noisy_val: torch.Tensor, clean_val: ImageData | torch.Tensor,
+                            params: Sequence[float] | None = None) -> tuple[float, dict[float, float]]:
+    """Return the parameter of filter ``name`` with the best validation PSNR, and the PSNR of every candidate."""
+    if name not in FILTERS:
+        raise CourseError(f"Unknown filter {name!r}; choose one of {', '.join(FILTERS)}.")
+    apply, default = FILTERS[name]
+    scores = {p: image_scores(apply(noisy_val, p), clean_val, ssim=False)["psnr"] for p in (params or default)}
+    return max(scores, key=scores.get), scores
+
+
+def denoising_scores(test: ImageData, val: ImageData, models: Mapping[str, nn.Module],
+                     sigmas: Sequence[float] = SIGMAS, filters: Sequence[str] = tuple(FILTERS), seed: int = 0,
+                     keep: int = 0, progress: bool = True) -> dict[float, dict[str, dict]]:
+    """Score the noisy input, each filter and each model at every noise level: ``table[sigma][method]``.
+
+    For each sigma, the validation split gets its own noise and each filter's parameter is the one
+    with the best validation PSNR; the test split's noise (fixed by ``seed``) is then shared by all
+    methods. Each entry holds ``psnr``, ``ssim`` and ``mse`` on the test split (and ``parameter`` for
+    a filter). With ``keep=n`` each entry also holds its first ``n`` restored images (``images``),
+    and ``table[sigma]["noisy input"]["all"]`` every noisy test image.
+    """
+    from tqdm.auto import tqdm
+
+    table: dict[float, dict[str, dict]] = {}
+    for sigma in tqdm(list(sigmas), desc="noise levels", unit="sigma", disable=not progress):
+        noise = GaussianNoise(sigma)
+        noisy_val = corrupt(val, noise, seed=seed + 1)  # other noise than the test split's
+        noisy_test = corrupt(test, noise, seed=seed)
+        row: dict[str, dict] = {"noisy input": {**image_scores(noisy_test, test), "images": noisy_test[:keep]}}
+        for name in filters:
+            best, _ = choose_filter_parameter(name, noisy_val, val)
+            restored = FILTERS[name][0](noisy_test, best)
+            row[name] = {**image_scores(restored, test), "parameter": best, "images": restored[:keep]}
+        for name, model in models.items():
+            restored = reconstruct(model, noisy_test)
+            row[name] = {**image_scores(restored, test), "images": restored[:keep]}
+        if not keep:
+            for entry in row.values():
+                entry.pop("images")
+        table[sigma] = row
+    return table
+
+
+def denoising_frame(table: Mapping[float, Mapping[str, Mapping]], metric: str = "psnr"):
+    """Return one metric of a `denoising_scores` as a DataFrame: a row per sigma, a column per method."""
+    import pandas as pd
+    frame = pd.DataFrame({sigma: {m: e[metric] for m, e in row.items()} for sigma, row in table.items()}).T
+    return frame.rename_axis("sigma")
+
+
+def best_filter(row: Mapping[str, Mapping], filters: Sequence[str] = tuple(FILTERS)) -> str:
+    """Return the name of the filter with the highest test PSNR in one row of a `denoising_scores`."""
+    return max(filters, key=lambda name: row[name]["psnr"])
+
+
+def beats_best_filter(table: Mapping[float, Mapping[str, Mapping]], model: str,
+                      filters: Sequence[str] = tuple(FILTERS)) -> dict[float, bool]:
+    """Return, per sigma, whether ``model``'s test PSNR is above that of the best filter."""
+    return {sigma: row[model]["psnr"] > row[best_filter(row, filters)]["psnr"] for sigma, row in table.items()}
+
+
+def plot_psnr_vs_sigma(tables: Mapping[str, Mapping[float, Mapping[str, Mapping]]], metric: str = "psnr",
+                       methods: Sequence[str] | None = None, title: str | None = None):
+    """Draw test PSNR (or SSIM) against sigma, a panel per dataset and a line per method; return the Figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 4), squeeze=False)
+    styles = {"noisy input": dict(color="tab:gray", ls=":", marker="x")}
+    for ax, (dataset, table) in zip(axes[0], tables.items()):
+        sigmas = sorted(table)
+        names = methods or list(table[sigmas[0]])
+        for name in names:
+            ax.plot(sigmas, [table[s][name][metric] for s in sigmas], label=name,
+                    **{"marker": "o", **styles.get(name, {})})
+        ax.set_xlabel("noise level sigma (on [0, 1] pixels)")
+        ax.set_ylabel("test PSNR (dB)" if metric == "psnr" else f"test {metric.upper()}")
+        ax.set_xticks(sigmas)
+        ax.set_title(dataset)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def cross_sigma_table(models: Mapping[str, nn.Module], test: ImageData, sigmas: Sequence[float] = SIGMAS,
+                      seed: int = 0):
+    """Return test PSNR of each model (rows) on noise of each sigma (columns): does a denoiser generalise?"""
+    import pandas as pd
+    noisy = {sigma: corrupt(test, GaussianNoise(sigma), seed=seed) for sigma in sigmas}
+    rows = {name: {sigma: image_scores(reconstruct(model, noisy[sigma]), test, ssim=False)["psnr"]
+                   for sigma in sigmas} for name, model in models.items()}
+    return pd.DataFrame(rows).T.rename_axis(columns="test sigma")
+
+
+def show_worst_cases(clean: ImageData | torch.Tensor, noisy: torch.Tensor, restored: torch.Tensor, n: int = 8,
+                     title: str | None = None):
+    """Show the ``n`` images a denoiser restores worst (lowest PSNR): clean, noisy, restored rows; return the Figure."""
+    target = clean.images if isinstance(clean, ImageData) else clean
+    scores = per_image_psnr(restored, target)
+    worst = scores.argsort()[:n]
+    from ..plots import show_reconstructions
+    fig = show_reconstructions(target[worst], {"noisy": noisy[worst], "denoised": restored[worst]}, n=n,
+                               title=title)
+    labels = ", ".join(f"{float(s):.1f}" for s in scores[worst])
+    fig.axes[-1].set_xlabel(f"PSNR of each denoised image (dB), left to right: {labels}")
+    return fig
