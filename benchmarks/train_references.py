@@ -126,13 +126,14 @@ def add_to_manifest(row: dict) -> None:
 CANDIDATES = {"flat, width 32": ("flat", 32), "spatial, width 32": ("spatial", 32), "spatial, width 64": ("spatial", 64)}
 
 
-def select(name: str, epochs: int, train_images: int | None) -> list[dict]:
+def select(name: str, epochs: int, train_images: int | None, candidates=tuple(CANDIDATES)) -> list[dict]:
     """Train each candidate architecture briefly on the same images; return their validation scores."""
     spec = REFERENCES[name]
     train, val, _ = splits(spec["dataset"])
     train = train.subset(train_images)
     rows = []
-    for label, (bottleneck, base_width) in CANDIDATES.items():
+    for label in candidates:
+        bottleneck, base_width = CANDIDATES[label]
         cu.seed_everything(0)
         model = cu.ConvAutoencoder(**architecture(train.image_shape, spec["code_size"], bottleneck, base_width))
         t0 = time.perf_counter()
@@ -149,15 +150,32 @@ def select(name: str, epochs: int, train_images: int | None) -> list[dict]:
 
 
 def report() -> str:
-    """Return the README's table of the references, from the manifest."""
+    """Return the README's table of the references and the targets met or missed, from the manifest."""
+    uva = cu.chapters.ch04_bottleneck_size.UVA_TUTORIAL9_TEST_MSE
     rows = [pt.pretrained_info(n) for n in pt.pretrained_names()]
-    lines = ["| reference | code | bottleneck | parameters | epochs | wall time | images/s | test MSE | PSNR (dB) | SSIM |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| reference | code | bottleneck, width | parameters | epochs | wall time | images/s | test MSE | "
+             "PSNR (dB) | SSIM | PCA, same images | UvA (literature) | file |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    verdicts = []
     for r in rows:
-        lines.append(f"| `{r['name']}` | {r['code_size']} | {r['architecture']['bottleneck']} | {r['parameters']:,} | "
-                     f"{r['epochs']} | {r['wall_seconds'] / 60:.1f} min | {r['images_per_second']:,.0f} | "
-                     f"{r['test_mse']:.5f} | {r['test_psnr']:.2f} | {r['test_ssim']:.3f} |")
-    return "\n".join(lines)
+        arch = r["architecture"]
+        u = uva.get(r["code_size"]) if r["dataset"] == "cifar10" else None
+        lines.append(f"| `{r['name']}` | {r['code_size']} | {arch['bottleneck']}, {arch['widths'][0]} | "
+                     f"{r['parameters']:,} | {r['epochs']} | {r['wall_seconds'] / 60:.1f} min | "
+                     f"{r['images_per_second']:,.0f} | {r['test_mse']:.5f} | {r['test_psnr']:.2f} | {r['test_ssim']:.3f} | "
+                     f"{r['pca_test_mse']:.5f} | {u if u else '–'} | {r['bytes'] / 1e6:.2f} MB |")
+        ratio = r["test_mse"] / r["pca_test_mse"]
+        if r["dataset"] == "fashion-mnist":
+            verdicts.append(f"`{r['name']}` beats PCA by at least 25%: **{'met' if ratio <= 0.75 else 'missed'}** "
+                            f"({100 * (1 - ratio):.0f}% lower MSE).")
+        else:
+            ok = r["test_mse"] < r["pca_test_mse"] and (u is None or r["test_mse"] < u)
+            versus_uva = f", {r['test_mse'] / u:.2f}x UvA's" if u else ""
+            verdicts.append(f"`{r['name']}` beats PCA and UvA: **{'met' if ok else 'missed'}** "
+                            f"({ratio:.2f}x PCA's MSE{versus_uva}).")
+        verdicts.append(f"`{r['name']}` trained in at most 15 minutes on this CPU: "
+                        f"**{'met' if r['wall_seconds'] <= 900 else 'missed'}** ({r['wall_seconds'] / 60:.1f} min).")
+    return "\n".join(lines + [""] + [f"* {v}" for v in verdicts])
 
 
 def main() -> int:
@@ -165,6 +183,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(REFERENCES), help="train these (again)")
     parser.add_argument("--select", nargs="+", choices=sorted(REFERENCES), help="compare flat and spatial codes")
     parser.add_argument("--select-epochs", type=int, default=2)
+    parser.add_argument("--candidates", nargs="+", choices=sorted(CANDIDATES), default=sorted(CANDIDATES))
     parser.add_argument("--select-images", type=int, default=6000, help="train images for --select")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--work", type=Path, default=cu.data.user_cache_dir() / "references",
@@ -179,7 +198,7 @@ def main() -> int:
         print(report())
         return 0
     if args.select:
-        rows = [row for name in args.select for row in select(name, args.select_epochs, args.select_images)]
+        rows = [row for name in args.select for row in select(name, args.select_epochs, args.select_images, args.candidates)]
         with open(SELECTION, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         return 0

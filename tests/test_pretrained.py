@@ -115,3 +115,7 @@ def test_the_training_script_writes_a_loadable_reference(shelf, tmp_path, monkey
     check = cu.evaluate(model, cu.load_dataset("fashion-mnist", "test").subset(100), ssim=False)
     assert check["mse"] == pytest.approx(row["check_mse"], rel=TOLERANCE)
     assert 0 < row["test_mse"] < 0.2 and row["pca_test_mse"] > 0
+    table = script.report()
+    ratio = row["test_mse"] / row["pca_test_mse"]
+    assert f"beats PCA by at least 25%: **{'met' if ratio <= 0.75 else 'missed'}**" in table
+    assert f"| `fashion-mnist-196` | 196 | spatial, 64 |" in table
