@@ -19,7 +19,7 @@ import os
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -196,14 +196,17 @@ def _checksum(images: np.ndarray) -> int:
     return zlib.crc32(memoryview(np.ascontiguousarray(images)).cast("B"))
 
 
-def write_pack(path: Path | str, images: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> Path:
-    """Write a pack atomically (temporary file, then rename) with shape and checksum metadata."""
+def write_pack(path: Path | str, images: np.ndarray, labels: np.ndarray, classes: Sequence[str],
+               info: dict | None = None) -> Path:
+    """Write a pack atomically (temporary file, then rename) with shape and checksum metadata (and ``info``)."""
     path = Path(path)
     images = np.ascontiguousarray(images, dtype=np.uint8)
     labels = np.asarray(labels, dtype=np.int64)
     _validate_arrays(path, images, labels)
     meta = {"format": PACK_FORMAT, "shape": list(images.shape), "count": int(images.shape[0]),
             "crc32": _checksum(images)}
+    if info:
+        meta["info"] = info
     with atomic_write(path) as f:
         np.savez(f, images=images, labels=labels, classes=np.asarray(list(classes), dtype=str),
                  meta=np.asarray(json.dumps(meta)))
@@ -243,6 +246,12 @@ def read_pack(path: Path | str) -> ImageData:
     tensor = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     return ImageData(tensor, torch.from_numpy(labels.astype(np.int64)), [str(c) for c in classes],
                      path.parent.name, path.stem)
+
+
+def _pack_info(path: Path) -> dict:
+    """Return the ``info`` dict a pack was written with (empty if none)."""
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["meta"])).get("info", {}) if "meta" in z.files else {}
 
 
 # --------------------------------------------------------------------------- sources
@@ -288,16 +297,9 @@ def local_copy(name: str, split: str) -> Path | None:
     return pack or (files[0] if files else None)
 
 
-def _resize_center_crop(pil_image, size: int):
-    """Resize the shorter side to ``size`` and centre-crop a ``size`` x ``size`` square."""
-    from torchvision.transforms import functional as TF
-    return TF.center_crop(TF.resize(pil_image.convert("RGB"), size, antialias=True), [size, size])
-
-
 def _from_torchvision(name: str, split: str, download_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Download with torchvision into ``download_dir`` and return arrays (may raise network errors)."""
     import torchvision.datasets as tvd
-    from tqdm.auto import tqdm
 
     train = split == "train"
     if name == "fashion-mnist":
@@ -311,10 +313,13 @@ def _from_torchvision(name: str, split: str, download_dir: Path) -> tuple[np.nda
         return ds.data.transpose(0, 2, 3, 1).copy(), ds.labels.astype(np.int64), list(ds.classes)
     if name == "flowers102":
         ds = tvd.Flowers102(download_dir, split=split, download=True)
-        size = DATASETS[name].image_size
-        images = np.stack([np.asarray(_resize_center_crop(ds[i][0], size))
-                           for i in tqdm(range(len(ds)), desc=f"resizing flowers102/{split}")])
-        labels = np.asarray(ds._labels, dtype=np.int64)  # read directly: ds[i] would decode again
+        pictures = _read_pictures(ds._image_files, DATASETS[name].image_size, desc=f"resizing flowers102/{split}")
+        bad = next((p.error for p in pictures if p.array is None), None)
+        if bad:
+            raise CorruptPackError(f"A Flowers-102 image in {download_dir} cannot be read ({bad}). Delete that "
+                                   "folder and load the dataset again to download it anew.")
+        images = np.stack([_as_channels(p.array, 3) for p in pictures])
+        labels = np.asarray(ds._labels, dtype=np.int64)
         classes = list(getattr(ds, "classes", [])) or [f"flower {i}" for i in range(102)]
         return images, labels, classes
     raise AssertionError(name)
@@ -401,47 +406,390 @@ def _offline_error(name: str, split: str, cause: Exception | None) -> DataNotFou
 
 # --------------------------------------------------------------------------- own images
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # PIL modes that store one grey value
+FOLDER_CACHE_FORMAT = 1  # bump when decoding changes, so old cached folder packs are not reused
+PARALLEL_FROM = 1_000  # folders with at least this many pictures are read by several threads
 
 
-def load_image_folder(path: str | Path, image_size: int = 64, on_error: str = "skip") -> ImageData:
-    """Load your own pictures, resized and cropped: one sub-folder per class, or a flat folder (one class)."""
+@dataclasses.dataclass
+class _Picture:
+    """One decoded picture (or why it could not be), as the folder readers see it."""
+
+    array: np.ndarray | None  # uint8 (H, W, 1) for grey pictures, (H, W, 3) for colour ones; None if unreadable
+    width: int = 0  # the file's size, after its EXIF rotation
+    height: int = 0
+    mode: str = ""  # PIL's mode: "RGB", "L", "RGBA", "P" (palette), "I;16" (16-bit grey), ...
+    grey: bool = False
+    alpha: bool = False  # had transparency, now composited onto white
+    format: str = ""
+    error: str = ""
+
+
+def _grey_palette(im) -> bool:
+    palette = im.getpalette() or []
+    rgb = np.asarray(palette, dtype=np.int64)[: len(palette) // 3 * 3].reshape(-1, 3)
+    return bool(rgb.size) and bool((rgb == rgb[:, :1]).all())
+
+
+def _on_white(im):
+    """Composite a picture with transparency onto a white background (RGB or L)."""
     from PIL import Image
+    grey = im.mode in ("LA", "La")
+    rgba = im.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    out = Image.alpha_composite(white, rgba).convert("RGB")
+    return out.convert("L") if grey else out
+
+
+def _to_8bit(im):
+    """Return a 16-bit or 32-bit grey picture as 8-bit grey (scaled, not clipped)."""
+    from PIL import Image
+    values = np.asarray(im).astype(np.float64)
+    top = 1.0 if im.mode == "F" else (65535.0 if values.max(initial=0) > 255 else 255.0)
+    return Image.fromarray(np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+
+
+def resize_center_crop(im, size: int):
+    """Resize a PIL image's shorter side to ``size`` (bilinear, antialiased) and centre-crop ``size`` x ``size``.
+
+    The same result as torchvision's ``Resize(size)`` then ``CenterCrop(size)`` on a PIL image.
+    """
+    from PIL import Image
+    width, height = im.size
+    short, long = min(width, height), max(width, height)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    if (new_w, new_h) != (width, height):
+        im = im.resize((new_w, new_h), Image.BILINEAR)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return im.crop((left, top, left + size, top + size)) if (new_w, new_h) != (size, size) else im
+
+
+def _read_picture(path: Path, image_size: int | None) -> _Picture:
+    """Decode one picture file: EXIF rotation, transparency onto white, 16-bit to 8-bit; resize if asked."""
+    from PIL import Image, ImageOps
+    try:
+        with Image.open(path) as im:
+            mode, fmt, (width, height) = im.mode, im.format or "", im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientation: shown turned by 90 degrees
+                width, height = height, width
+            if image_size is not None and fmt == "JPEG" and mode in ("RGB", "L"):
+                im.draft(mode, (2 * image_size, 2 * image_size))  # decode at 1/2..1/8 scale, still >= 2x the target
+            im.load()
+            im = ImageOps.exif_transpose(im)  # phone photos are stored sideways with a rotation tag
+            alpha = im.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (im.mode == "P" and "transparency" in im.info)
+            grey = mode in GREY_MODES or (mode == "P" and _grey_palette(im))
+            if alpha:
+                im = _on_white(im)
+            elif im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+                im = _to_8bit(im)
+            im = im.convert("L" if grey else "RGB")
+            if image_size is not None:
+                im = resize_center_crop(im, image_size)
+            array = np.asarray(im)
+    except Exception as e:  # PIL raises many types for broken files
+        return _Picture(None, error=f"{type(e).__name__}: {e}")
+    return _Picture(array[..., None] if array.ndim == 2 else array, width, height, mode, grey, alpha, fmt)
+
+
+def default_workers(n_files: int) -> int:
+    """Return how many threads read a folder of ``n_files`` pictures: up to 4 (one per core) from PARALLEL_FROM files."""
+    return min(4, os.cpu_count() or 1) if n_files >= PARALLEL_FROM else 1
+
+
+def _read_pictures(paths: Sequence[Path], image_size: int | None, workers: int | None = None,
+                   desc: str = "reading pictures", progress: bool = True) -> list[_Picture]:
+    """Decode many picture files, in file order, with a progress bar; several threads for large folders.
+
+    Pillow releases Python's global lock while it decodes and resizes, so threads overlap that work.
+    """
     from tqdm.auto import tqdm
 
-    root = Path(path).expanduser()
+    workers = default_workers(len(paths)) if workers is None else workers
+    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress or len(paths) < 200)
+    with bar:
+        if workers <= 1:
+            out = []
+            for p in paths:
+                out.append(_read_picture(p, image_size))
+                bar.update(1)
+            return out
+        from concurrent.futures import ThreadPoolExecutor
+        chunk = max(16, min(256, len(paths) // (8 * workers) or 1))
+
+        def read_chunk(part: Sequence[Path]) -> list[_Picture]:
+            got = [_read_picture(p, image_size) for p in part]
+            bar.update(len(part))
+            return got
+
+        with ThreadPoolExecutor(workers) as pool:
+            parts = pool.map(read_chunk, [paths[i:i + chunk] for i in range(0, len(paths), chunk)])
+            return [picture for part in parts for picture in part]
+
+
+def _grey_of(rgb: np.ndarray) -> np.ndarray:
+    """Convert (..., 3) uint8 RGB to (..., 1) grey exactly as Pillow's convert("L") does (ITU-R 601-2 luma)."""
+    r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)[..., None]
+
+
+def _as_channels(array: np.ndarray, channels: int) -> np.ndarray:
+    if array.shape[-1] == channels:
+        return array
+    return np.repeat(array, 3, axis=-1) if channels == 3 else _grey_of(array)
+
+
+def _walk_pictures(folder: Path, recursive: bool) -> list[tuple[str, int, int]]:
+    """Return (path, size, modification time in ns) of the picture files in ``folder``, sorted by path."""
+    found, todo = [], [str(folder)]
+    while todo:
+        with os.scandir(todo.pop()) as entries:
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
+                    st = e.stat()
+                    found.append((e.path, st.st_size, st.st_mtime_ns))
+                elif recursive and e.is_dir():
+                    todo.append(e.path)
+    return sorted(found)
+
+
+def _find_pictures(root: Path) -> tuple[list[str], list[tuple[Path, int]], list]:
+    """Return (class names, [(file, label)], signature) of a folder: one sub-folder per class, or flat (one class).
+
+    The signature lists every picture's relative path, label, size and modification time: it
+    changes whenever a picture is added, removed, renamed, moved to another class or edited.
+    """
     if not root.is_dir():
-        raise DataNotFoundError(f"Image folder {root} does not exist. Give the folder that holds one "
-                                "sub-folder per class (root/cat/001.jpg, root/dog/002.png, ...).")
+        raise DataNotFoundError(f"Image folder {root} does not exist. Give the folder that holds your pictures, "
+                                "either directly (one class) or in one sub-folder per class (root/cat/001.jpg, ...).")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    found = [(path, label, size, mtime) for label, c in enumerate(classes)
+             for path, size, mtime in _walk_pictures(root / c, recursive=True)]
+    loose = _walk_pictures(root, recursive=False)
+    if loose and not found:  # a flat folder of pictures, as most people keep them: one class
+        classes, found = [root.name], [(path, 0, size, mtime) for path, size, mtime in loose]
+    elif loose:
+        warnings.warn(f"Ignored {len(loose)} picture(s) directly in {root} (e.g. {Path(loose[0][0]).name}): with "
+                      "class sub-folders present, every picture must be in one of them.", stacklevel=3)
+    if not found:
+        others = sorted({f.suffix.lower() for f in root.rglob("*") if f.is_file() and f.suffix})
+        hint = ""
+        if {".heic", ".heif"} & set(others):
+            hint = (" It holds .heic/.heif files (iPhone photos), which Pillow cannot read: export them as "
+                    "JPEG, or install the pillow-heif package and convert them.")
+        elif others:
+            hint = f" It holds files ending in {', '.join(others[:6])}."
+        raise DataNotFoundError(f"No images found in {root}. Expected pictures (files ending in "
+                                f"{', '.join(IMAGE_SUFFIXES)}) in it or in one sub-folder per class.{hint}")
+    prefix = len(str(root)) + 1
+    signature = [(path[prefix:], label, size, mtime) for path, label, size, mtime in found]
+    return classes, [(Path(path), label) for path, label, _, _ in found], signature
+
+
+def folder_cache_path(path: str | Path, image_size: int = 64, channels: int | str = "auto",
+                      small: str = "error", on_error: str = "skip") -> Path:
+    """Return where ``load_image_folder`` caches this folder as a pack (it changes when any picture does)."""
+    root = Path(path).expanduser()
+    _, _, signature = _find_pictures(root)
+    return _cache_file(root, signature, {"image_size": image_size, "channels": channels, "small": small,
+                                         "on_error": on_error})
+
+
+def _cache_file(root: Path, signature: list, settings: dict) -> Path:
+    """Return the cache pack's path: named by the folder, a key of its path and settings, and a key of its contents."""
+    import hashlib
+    settings = {**settings, "format": FOLDER_CACHE_FORMAT}
+    where = hashlib.sha256(json.dumps([str(root.resolve()), settings], sort_keys=True).encode()).hexdigest()[:12]
+    contents = hashlib.sha256(json.dumps(signature).encode()).hexdigest()[:16]
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in root.resolve().name)[:40] or "folder"
+    return user_cache_dir() / "folders" / f"{name}-{where}-{contents}.npz"
+
+
+def load_image_folder(path: str | Path, image_size: int = 64, on_error: str = "skip", *,
+                      channels: int | str = "auto", small: str = "error", cache: bool = True,
+                      workers: int | None = None, progress: bool = True) -> ImageData:
+    """Load your own pictures, resized and cropped: one sub-folder per class, or a flat folder (one class).
+
+    Each picture's shorter side is resized to ``image_size`` and the centre square is kept.
+    ``channels``: ``"auto"`` (1 if every picture is grey, 3 if every one is colour; a folder mixing
+    both raises and asks you to choose), ``3`` or ``1``. Transparent pixels become white, palette
+    and 16-bit pictures are converted, phone photos are turned upright. ``small``: what to do with
+    pictures whose shorter side is below ``image_size``: ``"error"``, ``"skip"`` or ``"upscale"``.
+    ``on_error``: ``"skip"`` unreadable files (with a warning) or ``"raise"``. With ``cache`` the
+    result is kept as a pack in the user cache (`folder_cache_path`), keyed by the folder's contents
+    (names, sizes, modification times), so the next load of an unchanged folder takes a fraction of
+    a second. Large folders are read by several threads (``workers``; 1 reads in this thread).
+    """
+    root = Path(path).expanduser()
     if image_size <= 0:
         raise CourseError(f"image_size must be positive, got {image_size}.")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    files = [(f, label) for label, c in enumerate(classes)
-             for f in sorted((root / c).rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
-    loose = sorted(f for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-    if loose and not files:  # a flat folder of pictures, as most people keep them: one class
-        classes, files = [root.name], [(f, 0) for f in loose]
-    elif loose:
-        warnings.warn(f"Ignored {len(loose)} picture(s) directly in {root} (e.g. {loose[0].name}): with class "
-                      "sub-folders present, every picture must be in one of them.", stacklevel=2)
-    if not files:
-        raise DataNotFoundError(f"No images found in {root}. Expected pictures (files ending in "
-                                f"{', '.join(IMAGE_SUFFIXES)}) in it or in one sub-folder per class.")
-    images, labels, bad = [], [], []
-    for f, label in tqdm(files, desc=f"reading {root.name}", disable=len(files) < 200):
+    if channels not in ("auto", 1, 3):
+        raise CourseError(f"channels must be 'auto', 1 (grey) or 3 (colour), got {channels!r}.")
+    if small not in ("error", "skip", "upscale"):
+        raise CourseError(f"small must be 'error', 'skip' or 'upscale', got {small!r}.")
+    if on_error not in ("skip", "raise"):
+        raise CourseError(f"on_error must be 'skip' or 'raise', got {on_error!r}.")
+    classes, files, signature = _find_pictures(root)
+    settings = {"image_size": image_size, "channels": channels, "small": small, "on_error": on_error}
+    target = _cache_file(root, signature, settings) if cache else None
+    if target is not None and target.is_file():
         try:
-            with Image.open(f) as im:
-                images.append(np.asarray(_resize_center_crop(im, image_size)))
-            labels.append(label)
-        except Exception as e:  # PIL raises many types for broken files
-            if on_error != "skip":
-                raise CourseError(f"Cannot read image {f}: {e}. Remove or fix it, or pass on_error='skip'.") from e
+            data, info = read_pack(target), _pack_info(target)
+            _warn_dropped(root, info, stacklevel=3)
+            return dataclasses.replace(data, name=root.name, split="all")
+        except CorruptPackError:
+            target.unlink(missing_ok=True)  # a damaged cache is rebuilt, not reported
+    pictures = _read_pictures([f for f, _ in files], image_size, workers, f"reading {root.name}", progress)
+
+    bad = [(f, p.error) for (f, _), p in zip(files, pictures) if p.array is None]
+    if bad and on_error == "raise":
+        raise CourseError(f"Cannot read image {bad[0][0]}: {bad[0][1]}. Remove or fix it, or pass on_error='skip'.")
+    if len(bad) == len(files):
+        raise CourseError(
+            f"None of the {len(files)} image files in {root} could be read (e.g. {bad[0][0].name}: {bad[0][1]}). "
+            "They may be unfinished downloads, files renamed to an image ending that are not images, or a "
+            "format Pillow cannot decode. Open one in an image viewer; re-download or re-export them as JPEG or PNG.")
+    good = [(f, label, p) for (f, label), p in zip(files, pictures) if p.array is not None]
+    tiny = [(f, p) for f, _, p in good if min(p.width, p.height) < image_size]
+    if tiny and small == "error":
+        smallest = min(min(p.width, p.height) for _, p in tiny)
+        fits = max(8, smallest // 8 * 8)
+        f, p = tiny[0]
+        raise CourseError(
+            f"{len(tiny)} of {len(good)} pictures in {root} are smaller than image_size={image_size} on their "
+            f"shorter side (e.g. {f.name}: {p.width}x{p.height}; the smallest is {smallest} pixels). Enlarging "
+            f"them would only blur them. Load with image_size={fits} (a multiple of 8 that fits every picture), "
+            "pass small='skip' to leave them out, or small='upscale' to enlarge them anyway.")
+    if small == "skip":
+        good = [g for g in good if min(g[2].width, g[2].height) >= image_size]
+        if not good:
+            raise CourseError(f"Every picture in {root} is smaller than image_size={image_size}, so small='skip' "
+                              "left none. Use a smaller image_size.")
+    greys = [f for f, _, p in good if p.grey]
+    colours = [f for f, _, p in good if not p.grey]
+    if channels == "auto":
+        if greys and colours:
+            raise CourseError(
+                f"{root} mixes {len(greys)} grey and {len(colours)} colour pictures (e.g. grey: {greys[0].name}, "
+                f"colour: {colours[0].name}). A model takes one kind. Pass channels=3 to load every picture in "
+                "colour (a grey one is copied into red, green and blue) or channels=1 to load every picture grey.")
+        channels = 1 if greys else 3
+    images = np.stack([_as_channels(p.array, channels) for _, _, p in good])
+    labels = np.asarray([label for _, label, _ in good], dtype=np.int64)
+    info = {"unreadable": [str(f) for f, _ in bad], "too_small": len(tiny) if small == "skip" else 0,
+            "upscaled": len(tiny) if small == "upscale" else 0, "grey": len(greys), "colour": len(colours),
+            "transparent": sum(p.alpha for _, _, p in good)}
+    _warn_dropped(root, info, stacklevel=3)
+    if target is not None:
+        for old in target.parent.glob(target.name.rsplit("-", 1)[0] + "-*.npz"):
+            old.unlink(missing_ok=True)  # the same folder's pack from before a change
+        try:
+            write_pack(target, images, labels, classes, info=info)
+        except OSError as e:
+            warnings.warn(f"Could not cache {root} as a pack at {target} ({e}); the next load will read the "
+                          "pictures again.", stacklevel=2)
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    return ImageData(tensor, torch.from_numpy(labels), classes, root.name, "all")
+
+
+def _warn_dropped(root: Path, info: dict, stacklevel: int) -> None:
+    bad = info.get("unreadable", [])
+    if bad:
+        warnings.warn(f"Skipped {len(bad)} unreadable file(s) in {root}, e.g. {bad[0]}.", stacklevel=stacklevel)
+    if info.get("too_small"):
+        warnings.warn(f"Skipped {info['too_small']} picture(s) in {root} smaller than image_size (small='skip').",
+                      stacklevel=stacklevel)
+
+
+def inspect_image_folder(path: str | Path, image_size: int | None = None):
+    """Return a table of a folder's pictures before loading it: class, format, mode, size, grey or colour, problems.
+
+    One row per picture file; ``problem`` names what ``load_image_folder`` would object to
+    (an unreadable file, or, with ``image_size``, a picture smaller than that).
+    """
+    import pandas as pd
+
+    root = Path(path).expanduser()
+    classes, files, _ = _find_pictures(root)
+    pictures = _read_pictures([f for f, _ in files], 8, desc=f"inspecting {root.name}")
+    rows = []
+    for (f, label), p in zip(files, pictures):
+        problem = f"unreadable ({p.error})" if p.array is None else ""
+        if not problem and image_size is not None and min(p.width, p.height) < image_size:
+            problem = f"smaller than image_size={image_size}"
+        rows.append({"file": str(f.relative_to(root)), "class": classes[label], "format": p.format,
+                     "mode": p.mode, "width": p.width, "height": p.height,
+                     "kind": "" if p.array is None else "grey" if p.grey else "colour",
+                     "transparent": p.alpha, "problem": problem})
+    return pd.DataFrame(rows)
+
+
+def read_photos(path: str | Path, max_side: int | None = None, channels: int = 3) -> dict[str, torch.Tensor]:
+    """Read a folder's pictures at full size (or shrunk so the longer side is ``max_side``): {file name: (C, H, W)}.
+
+    For cutting patches (`random_patches`) out of large photos; unreadable files are skipped with a warning.
+    """
+    from PIL import Image
+    if channels not in (1, 3):
+        raise CourseError(f"channels must be 1 (grey) or 3 (colour), got {channels!r}.")
+    if max_side is not None and max_side <= 0:
+        raise CourseError(f"max_side must be positive, got {max_side}.")
+    root = Path(path).expanduser()
+    _, files, _ = _find_pictures(root)
+    photos, bad = {}, []
+    for (f, _), p in zip(files, _read_pictures([f for f, _ in files], None, desc=f"reading {root.name}")):
+        if p.array is None:
             bad.append(f)
+            continue
+        array = _as_channels(p.array, channels)
+        if max_side is not None and max(array.shape[:2]) > max_side:
+            h, w = array.shape[:2]
+            scale = max_side / max(h, w)
+            im = Image.fromarray(array[..., 0] if channels == 1 else array)
+            array = np.asarray(im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
+            array = array[..., None] if array.ndim == 2 else array
+        photos[str(f.relative_to(root))] = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
     if bad:
         warnings.warn(f"Skipped {len(bad)} unreadable file(s) in {root}, e.g. {bad[0]}.", stacklevel=2)
-    if not images:
+    if not photos:
         raise CourseError(f"None of the {len(files)} image files in {root} could be read.")
-    tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    return ImageData(tensor, torch.tensor(labels, dtype=torch.int64), classes, root.name, "all")
+    return photos
+
+
+def random_patches(photos: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], patch_size: int, per_photo: int,
+                   seed: int = 0) -> ImageData:
+    """Cut ``per_photo`` random ``patch_size`` x ``patch_size`` squares out of each photo: many training images from few.
+
+    ``photos`` are uint8 (C, H, W) tensors of any size (e.g. from `read_photos`). Each patch's
+    label is the index of the photo it came from, and ``classes`` holds the photos' names, so
+    a split by photo keeps the patches of a held-out photo out of training.
+    """
+    named = dict(photos) if isinstance(photos, Mapping) else {f"photo {i}": p for i, p in enumerate(photos)}
+    if not named:
+        raise CourseError("random_patches needs at least one photo.")
+    if patch_size <= 0 or per_photo <= 0:
+        raise CourseError(f"patch_size and per_photo must be positive, got {patch_size} and {per_photo}.")
+    shapes = {name: tuple(p.shape) for name, p in named.items()}
+    if len({s[0] for s in shapes.values()}) != 1 or any(len(s) != 3 for s in shapes.values()):
+        raise CourseError(f"All photos must be (C, H, W) tensors with the same number of channels, got {shapes}. "
+                          "Read them with read_photos(path, channels=3).")
+    small = {name: s[1:] for name, s in shapes.items() if min(s[1:]) < patch_size}
+    if small:
+        name, (h, w) = next(iter(small.items()))
+        raise CourseError(f"{len(small)} photo(s) are smaller than a {patch_size}x{patch_size} patch (e.g. {name}: "
+                          f"{w}x{h}). Use a smaller patch_size, or leave those photos out.")
+    g = torch.Generator().manual_seed(seed)
+    images, labels = [], []
+    for label, photo in enumerate(named.values()):
+        _, h, w = photo.shape
+        tops = torch.randint(0, h - patch_size + 1, (per_photo,), generator=g)
+        lefts = torch.randint(0, w - patch_size + 1, (per_photo,), generator=g)
+        images += [photo[:, t:t + patch_size, l:l + patch_size] for t, l in zip(tops.tolist(), lefts.tolist())]
+        labels += [label] * per_photo
+    return ImageData(torch.stack(images).contiguous(), torch.tensor(labels, dtype=torch.int64), list(named),
+                     "patches", "all")
 
 
 # --------------------------------------------------------------------------- iteration

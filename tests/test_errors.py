@@ -67,15 +67,18 @@ def _real_images_folder(root, fashion_test, n=6):
         Image.fromarray(fashion_test.images[i, 0].numpy()).save(cls / f"{i}.png")
 
 
-def test_image_folder_skips_unreadable_files_and_counts_them(tmp_path, fashion_test):
-    _real_images_folder(tmp_path, fashion_test)
-    broken = next(tmp_path.iterdir()) / "broken.jpg"
+def test_image_folder_skips_unreadable_files_and_counts_them(tmp_path, fashion_test, isolated_root):
+    folder = tmp_path / "pictures"
+    _real_images_folder(folder, fashion_test)
+    broken = next(folder.iterdir()) / "broken.jpg"
     broken.write_bytes(b"this is not a jpeg")
     with pytest.warns(UserWarning, match=r"Skipped 1 unreadable file\(s\) in .*broken\.jpg"):
-        data = cu.load_image_folder(tmp_path, image_size=32)
-    assert data.images.shape == (6, 3, 32, 32) and len(data.classes) == len(set(data.labels.tolist()))
+        data = cu.load_image_folder(folder, image_size=28)  # grey 28x28 pictures: one channel
+    assert data.images.shape == (6, 1, 28, 28) and len(data.classes) == len(set(data.labels.tolist()))
+    with pytest.warns(UserWarning, match=r"Skipped 1 unreadable file\(s\)"):  # said again when read from the cache
+        cu.load_image_folder(folder, image_size=28)
     with pytest.raises(cu.CourseError, match="Cannot read image .*broken.jpg"):
-        cu.load_image_folder(tmp_path, image_size=32, on_error="raise")
+        cu.load_image_folder(folder, image_size=28, on_error="raise", cache=False)
 
 
 def test_image_size_not_divisible_by_the_total_stride():

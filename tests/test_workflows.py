@@ -159,7 +159,7 @@ def _sample_photos() -> list[Path]:
     return sorted((Path(sklearn.datasets.__file__).parent / "images").glob("*.jpg"))
 
 
-def test_a_flat_folder_of_photos_loads_as_one_class(tmp_path):
+def test_a_flat_folder_of_photos_loads_as_one_class(tmp_path, isolated_root):
     photos = _sample_photos()
     folder = tmp_path / "holiday"
     folder.mkdir()
