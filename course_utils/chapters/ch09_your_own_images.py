@@ -29,8 +29,6 @@ SAMPLE_PHOTOS: dict[str, tuple[str, str, str, str]] = {
     "rocket.jpg": ("skimage", "rocket.jpg", "a Falcon 9 launch", "public domain (SpaceX)"),
     "hubble_deep_field.jpg": ("skimage", "hubble_deep_field.jpg", "Hubble eXtreme Deep Field",
                               "public domain (NASA)"),
-    "motorcycle.png": ("skimage", "motorcycle_left.png", "a motorcycle (Middlebury stereo set)",
-                       "Middlebury stereo data set (Scharstein et al., 2014)"),
     "retina.jpg": ("skimage", "retina.jpg", "a human retina", "CC0 (Wikimedia Commons)"),
     "china.jpg": ("sklearn", "china.jpg", "a temple in China", "CC BY 2.0 (scikit-learn's images/README.txt)"),
     "flower.jpg": ("sklearn", "flower.jpg", "a flower", "CC BY 2.0 (scikit-learn's images/README.txt)"),
