@@ -6,8 +6,13 @@
     flock /tmp/course-cpu.lock .venv/bin/python benchmarks/bench_quality.py --dataset fashion-mnist \\
         --latents 196 --candidates recommended recommended-spatial kapilsh
 
-    # one tuning run: a named candidate, or the recipe with one training setting changed
-    ... bench_quality.py --dataset fashion-mnist --latents 196 --candidates w32-c1 --lr 5e-3
+    # one tuning run: a named candidate, or the recipe with one training setting changed, scored on the
+    # validation split (5,000 images held out of train by cu.validation_split, never trained on)
+    ... bench_quality.py --dataset fashion-mnist --latents 196 --candidates w32-c1 --lr 5e-3 --score-on validation
+
+    # the whole tuning grid of benchmarks/README.md ("How the recipe was chosen"), on the validation split
+    COURSE_DATA_DIR=/work/shared/datasets flock /tmp/course-cpu.lock \\
+        .venv/bin/python benchmarks/bench_quality.py --tuning-grid --json benchmarks/results/tuning.jsonl
 
     # training speed only: cu.fit images/s per candidate at batch 32 and 128, round-robin
     ... bench_quality.py --dataset cifar10 --latents 256 --candidates recommended w32-c1 --speed
@@ -23,8 +28,12 @@
 Every contender is trained with ``cu.fit`` on the same training subset (the profile's size
 unless ``--train-images``), with the same seed, and scored with ``cu.evaluate`` on the whole
 test split (10,000 images unless ``--test-images``): per-pixel MSE on [0, 1] and the PSNR of
-that mean. ``--pca`` adds ``cu.pca_baseline`` with as many components as the code has values,
-fitted on the full train split and on the same subset the networks see. Images/second are
+that mean. Settings are chosen with ``--score-on validation`` instead: the training subset is then
+drawn from the train split minus ``cu.validation_split``'s 5,000 held-out images, which score it;
+the test split is not touched. Every record says which split scored it (``scored_on``).
+``--pca`` adds ``cu.pca_baseline`` with as many components as the code has values, fitted on
+the full train split (less the validation images when scoring on them) and on the same subset
+the networks see. Images/second are
 ``cu.fit``'s own (training steps only), the median over epochs.
 """
 from __future__ import annotations
@@ -103,6 +112,40 @@ CANDIDATES: dict[str, tuple[Callable, dict]] = {
 }
 
 
+# The tuning grid: every setting tried while choosing RECOMMENDED_TRAINING and recommended_autoencoder,
+# one change at a time; (dataset, code size, bottleneck, candidate, training settings changed, note).
+# "w32-c1" on Fashion-MNIST and "w32-2stage-bn" on CIFAR-10 are the widths (32, 64) of the recipe's model.
+TUNING_GRID: list[tuple[str, int, str, str, dict, str]] = [
+    ("fashion-mnist", 196, "flat", "w32-c1", {"lr": 2e-3, "batch_size": 128}, "first draft: no batch norm, lr 2e-3"),
+    ("fashion-mnist", 196, "spatial", "w32-c1", {"lr": 2e-3, "batch_size": 128}, "first draft: no batch norm, lr 2e-3"),
+    ("fashion-mnist", 196, "spatial", "kapilsh", {}, "reference: kapilsh at its own settings"),
+    ("fashion-mnist", 196, "spatial", "w32-c1", {"lr": 5e-3, "batch_size": 128}, ""),
+    ("fashion-mnist", 196, "spatial", "w32-c1-bn", {"lr": 5e-3, "batch_size": 128}, ""),
+    ("fashion-mnist", 196, "spatial", "w32-c1", {"lr": 2e-3, "batch_size": 32}, ""),
+    ("fashion-mnist", 196, "spatial", "w32-c1-linear", {"lr": 2e-3, "batch_size": 128}, ""),
+    ("fashion-mnist", 196, "spatial", "w32-c1-bn", {"lr": 5e-3, "batch_size": 32}, "the recipe"),
+    ("fashion-mnist", 196, "spatial", "w32-c1-bn", {"lr": 5e-3, "batch_size": 64}, ""),
+    ("fashion-mnist", 196, "spatial", "w32-c1-bn", {"lr": 1e-2, "batch_size": 128}, ""),
+    ("fashion-mnist", 196, "spatial", "w64-c1", {"lr": 5e-3, "batch_size": 64}, ""),
+    ("fashion-mnist", 196, "spatial", "w48-c1-bn", {"lr": 5e-3, "batch_size": 32}, ""),
+    ("fashion-mnist", 196, "spatial", "w32-c1-bn-gelu", {"lr": 5e-3, "batch_size": 32}, ""),
+    ("fashion-mnist", 196, "spatial", "w32-c1-bn-linear", {"lr": 5e-3, "batch_size": 32}, ""),
+    ("fashion-mnist", 196, "spatial", "w32-c1-bn", {"lr": 3e-3, "batch_size": 32}, ""),
+    ("fashion-mnist", 196, "flat", "w32-c1-bn", {"lr": 5e-3, "batch_size": 32}, "the recipe"),
+    ("cifar10", 256, "flat", "w32-c1-bn", {"lr": 5e-3, "batch_size": 32}, ""),
+    ("cifar10", 256, "flat", "w32-c1", {"lr": 2e-3, "batch_size": 32}, ""),
+    ("cifar10", 256, "flat", "w32-c1-bn", {"lr": 5e-3, "batch_size": 128}, ""),
+    ("cifar10", 256, "flat", "w32-2stage-bn", {"lr": 5e-3, "batch_size": 32}, "the recipe"),
+    ("cifar10", 256, "flat", "w32-c1-bn", {"lr": 1e-2, "batch_size": 32}, ""),
+    ("cifar10", 256, "spatial", "w32-c1-bn", {"lr": 5e-3, "batch_size": 32}, ""),
+    ("cifar10", 256, "spatial", "w32-2stage-bn", {"lr": 5e-3, "batch_size": 32}, "the recipe"),
+    ("cifar10", 256, "flat", "w32-2stage-bn", {"lr": 3e-3, "batch_size": 32}, ""),
+    ("cifar10", 256, "flat", "w32-1stage-bn", {"lr": 5e-3, "batch_size": 32}, ""),
+    ("cifar10", 256, "flat", "w32-2stage-bn", {"lr": 3e-3, "batch_size": 16}, ""),
+    ("cifar10", 256, "flat", "w48-2stage-bn", {"lr": 5e-3, "batch_size": 32}, ""),
+]
+
+
 def compute_comparison(latent: int, train_images: int, epochs: int) -> str:
     """Return a line comparing the training compute of UvA tutorial 9 (500 epochs of 45k) with ours."""
     theirs = cu.flops_per_image(cu.UvATutorial9Autoencoder(latent), (3, 32, 32))
@@ -123,7 +166,7 @@ def train_and_score(name: str, image_shape, latent: int, train, test, epochs: in
     t0 = time.perf_counter()
     history = cu.fit(model, train, epochs=epochs, seed=seed, progress=False, device="cpu", **recipe)
     seconds = time.perf_counter() - t0
-    scores = cu.evaluate(model, test, ssim=False)
+    scores = cu.evaluate(model, test, ssim=False)  # ``test``: whichever split scores this run
     return {"candidate": display_name(name, bottleneck), "latent": latent, "code_size": int(model.code_size),
             "seed": seed, "mse": scores["mse"],
             "psnr": scores["psnr"], "parameters": cu.count_parameters(model),
@@ -133,11 +176,42 @@ def train_and_score(name: str, image_shape, latent: int, train, test, epochs: in
             "settings": {k: v for k, v in recipe.items()}}
 
 
-def load(dataset: str, train_images: int | None, test_images: int | None, seed: int):
-    """Return (full train, train subset, test subset) of ``dataset``."""
+def load(dataset: str, train_images: int | None, test_images: int | None, seed: int, score_on: str = "test"):
+    """Return (train pool, train subset, scoring set) of ``dataset``: the test split, or the validation split.
+
+    With ``score_on="validation"`` the 5,000 images of ``cu.validation_split`` are held out of the train
+    split: the pool (and so the subset and PCA) never contains them, and the test split is not loaded.
+    """
     full = cu.load_dataset(dataset, "train")
-    test = cu.load_dataset(dataset, "test")
-    return full, full.subset(train_images, seed=seed), test.subset(test_images, seed=seed)
+    if score_on == "validation":
+        full, scoring = cu.validation_split(full)
+    else:
+        scoring = cu.load_dataset(dataset, "test")
+    return full, full.subset(train_images, seed=seed), scoring.subset(test_images, seed=seed)
+
+
+def tuning_grid(args, profile, machine: str) -> int:
+    """Train every setting of TUNING_GRID in the profile's budget, score it on the validation split, record it."""
+    train_images = args.train_images if args.train_images is not None else profile.train_images
+    epochs = args.epochs or profile.epochs
+    budget = f" --train-images {train_images} --epochs {epochs}" + (
+        f" --test-images {args.test_images}" if args.test_images else "")
+    rows = args.grid_rows or range(1, len(TUNING_GRID) + 1)
+    data = {}
+    for i in rows:
+        dataset, latent, bottleneck, name, overrides, note = TUNING_GRID[i - 1]
+        if dataset not in data:
+            data[dataset] = load(dataset, train_images, args.test_images, seed=0, score_on="validation")
+        full, train, val = data[dataset]
+        r = train_and_score(name, full.image_shape, latent, train, val, epochs, 0, overrides, bottleneck)
+        changed = "".join(f" --{k.replace('_', '-')} {v:g}" for k, v in overrides.items())
+        command = (f"python benchmarks/bench_quality.py --dataset {dataset} --latents {latent} --bottleneck "
+                   f"{bottleneck} --candidates {name}{changed}{budget} --score-on validation")
+        r.update(dataset=dataset, train_images=len(train), scored_on="validation", score_images=len(val),
+                 epochs=epochs, machine=machine, command=command, note=note, grid_row=i)
+        print_run(r, f" [grid row {i} of {len(TUNING_GRID)}, scored on validation]")
+        append_records(args.json, [r])
+    return 0
 
 
 def pca_rows(dataset: str, full, subset, test, latents) -> list[dict]:
@@ -214,9 +288,10 @@ def display_name(name: str, bottleneck: str) -> str:
 
 
 def print_run(record: dict, progress: str = "") -> None:
-    """Print one trained model's test scores and training speed on one line (``progress``: how far a long run is)."""
+    """Print one trained model's scores and training speed on one line (``progress``: how far a long run is)."""
     seconds = record.get("train_seconds", record.get("train_seconds_total"))
-    print(f"{record['candidate']:24s} code {record['code_size']:4d} seed {record['seed']}{progress}: test MSE "
+    split = record.get("scored_on", "test")
+    print(f"{record['candidate']:24s} code {record['code_size']:4d} seed {record['seed']}{progress}: {split} MSE "
           f"{record['mse']:.5f} (PSNR {record['psnr']:.2f} dB), {record['train_images_per_second']:,.0f} img/s, "
           f"{seconds:.0f} s of training", flush=True)
 
@@ -291,7 +366,7 @@ def report(path: Path, dataset: str) -> int:
     return 0
 
 
-def markdown(dataset: str, rows: list[dict]) -> str:
+def markdown(dataset: str, rows: list[dict], split: str = "test") -> str:
     """Return the rows as a Markdown table with the published references beside them."""
     table = []
     for r in sorted(rows, key=lambda r: (r["latent"], r["mse"])):
@@ -306,7 +381,8 @@ def markdown(dataset: str, rows: list[dict]) -> str:
         several = r.get("repeats", 1) > 1
         table.append({
             "model": r["candidate"] + (f" (median of {r['repeats']})" if several else ""), "code": r["code_size"],
-            "test MSE": f"{r['mse']:.5f}" + (f" ({min(r['mse_all']):.5f}-{max(r['mse_all']):.5f})" if several else ""),
+            f"{split} MSE": f"{r['mse']:.5f}"
+            + (f" ({min(r['mse_all']):.5f}-{max(r['mse_all']):.5f})" if several else ""),
             "PSNR dB": f"{r['psnr']:.2f}", "params": f"{r['parameters']:,}" if trained else "-",
             "MFLOP/img (train step)": f"{r['mflops_per_image']:.1f}" if trained else "-",
             "train img/s": f"{r['train_images_per_second']:,.0f}" if trained else "-",
@@ -324,7 +400,15 @@ def main() -> int:
                         help="models to train (none: only --pca)")
     parser.add_argument("--profile", default="laptop", help="sizes train subset, epochs (default laptop)")
     parser.add_argument("--train-images", type=int, default=None, help="override the profile's train size")
-    parser.add_argument("--test-images", type=int, default=None, help="default: the whole test split")
+    parser.add_argument("--test-images", type=int, default=None,
+                        help="score on this many images (default: the whole test or validation split)")
+    parser.add_argument("--score-on", default="test", choices=["test", "validation"],
+                        help="validation: hold cu.validation_split's 5,000 images out of train and score on them "
+                             "(for choosing settings); test: final numbers")
+    parser.add_argument("--tuning-grid", action="store_true",
+                        help="train and score every row of TUNING_GRID on the validation split (needs --json)")
+    parser.add_argument("--grid-rows", type=int, nargs="+", default=None,
+                        help="with --tuning-grid: only these rows (1-based), e.g. to finish an interrupted grid")
     parser.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="repeat per seed; report medians")
     parser.add_argument("--bottleneck", default="flat", choices=["flat", "spatial"],
@@ -361,8 +445,12 @@ def main() -> int:
     machine, command = machine_line(stamp=True), " ".join(["python", *sys.argv])
     print(f"# machine: {machine}")
     print(f"# command: {command}")
-    full, train, test = load(args.dataset, train_images, args.test_images, seed=0)
-    print(f"# data: {args.dataset}, train {len(train):,} of {len(full):,}, test {len(test):,}, "
+    if args.tuning_grid:
+        if args.json is None:
+            raise SystemExit("--tuning-grid records its rows: give --json FILE.")
+        return tuning_grid(args, profile, machine)
+    full, train, test = load(args.dataset, train_images, args.test_images, seed=0, score_on=args.score_on)
+    print(f"# data: {args.dataset}, train {len(train):,} of {len(full):,}, scored on {args.score_on} {len(test):,}, "
           f"{epochs} epochs, settings {dict(cu.RECOMMENDED_TRAINING, **overrides)}", flush=True)
     if args.speed:
         return speed_table(args, train, latents)
@@ -375,14 +463,15 @@ def main() -> int:
             for seed in args.seeds:
                 r = train_and_score(name, full.image_shape, latent, train, test, epochs, seed, overrides,
                                     args.bottleneck)
-                r.update(dataset=args.dataset, train_images=len(train), test_images=len(test), epochs=epochs)
+                r.update(dataset=args.dataset, train_images=len(train), scored_on=args.score_on,
+                         score_images=len(test), epochs=epochs)
                 runs.append(r)
                 print_run(r)
     # PCA rows and one row per trained model and seed
     append_records(args.json, [{**r, "dataset": args.dataset, "machine": machine, "command": command}
                                for r in rows + runs])
     print()
-    print(markdown(args.dataset, rows + median_rows(runs)))
+    print(markdown(args.dataset, rows + median_rows(runs), args.score_on))
     return 0
 
 

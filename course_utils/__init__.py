@@ -56,8 +56,9 @@ from .plots import (plot_comparison, plot_losses, plot_speedups, results_table, 
 
 # --------------------------------------------------------------------------- chapters
 from .chapters.ch02_pooling_vs_strided import (influence_map, plot_receptive_fields, plot_shift_sensitivity,
-                                               shift_images, shift_sensitivity)
-from .chapters.ch03_transposed_convolutions import edge_map, error_map, grid_contrast, grid_tile, overlap_map
+                                               shift_images, shift_sensitivity, shift_sensitivity_at_init)
+from .chapters.ch03_transposed_convolutions import (edge_map, error_map, grid_contrast, grid_tile, overlap_map,
+                                                    plot_over_seeds)
 from .chapters.ch04_bottleneck_size import (bottleneck_map, code_shape, compression_table, gradient_energy,
                                             pca_curve, plot_code_size_curve, spatial_code_size)
 from .chapters.ch05_fast_training import (fit_tutorial_style, improvement_ladder, peak_memory_by_batch_size,
@@ -108,8 +109,9 @@ __all__ = [
     "show_reconstructions",
     # chapter 02: pooling vs strided encoders
     "influence_map", "plot_receptive_fields", "plot_shift_sensitivity", "shift_images", "shift_sensitivity",
+    "shift_sensitivity_at_init",
     # chapter 03: transposed convolutions
-    "edge_map", "error_map", "grid_contrast", "grid_tile", "overlap_map",
+    "edge_map", "error_map", "grid_contrast", "grid_tile", "overlap_map", "plot_over_seeds",
     # chapter 04: bottleneck size
     "bottleneck_map", "code_shape", "compression_table", "gradient_energy", "pca_curve", "plot_code_size_curve",
     "spatial_code_size",

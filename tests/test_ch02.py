@@ -144,6 +144,21 @@ def test_shift_sensitivity_uses_the_model_value_range_and_restores_training_mode
     assert model.training
 
 
+def test_shift_sensitivity_at_init_builds_one_model_per_seed_and_pairs_same_shaped_designs(fashion_test):
+    images = fashion_test.images[:64]
+    pool = cu.shift_sensitivity_at_init(lambda: ours(FASHION, "pool"), images, seeds=(0, 1, 2))
+    stride = cu.shift_sensitivity_at_init(lambda: ours(FASHION, "stride"), images, seeds=(0, 1, 2))
+    assert len(pool) == 3 and len(set(pool)) == 3 and all(0 < v < 2 for v in pool + stride)  # three samples
+    cu.seed_everything(1)
+    model = ours(FASHION, "pool")
+    assert pool[1] == cu.shift_sensitivity(model.encode, images, (1,))[1]  # seed 1's model, untrained
+    cu.seed_everything(1)
+    same = ours(FASHION, "stride")  # same parameter shapes, same seed: the same initial weights
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), same.state_dict().values()))
+    with pytest.raises(cu.CourseError, match="at least one seed"):
+        cu.shift_sensitivity_at_init(lambda: ours(FASHION, "pool"), images, seeds=())
+
+
 # --------------------------------------------------------------------------- plots
 def test_plot_receptive_fields_draws_one_line_per_encoder():
     tables = {"pool": cu.layer_table(cu.ConvEncoder(3, (16, 32, 64), "pool"), (3, 32, 32)),
@@ -154,6 +169,21 @@ def test_plot_receptive_fields_draws_one_line_per_encoder():
     assert lines["pool"] == cu.receptive_field([(3, 1), (2, 2)] * 3) == [3, 4, 8, 10, 18, 22]
     assert lines["stride"] == cu.receptive_field([(3, 2)] * 3) == [3, 7, 15]
     assert ax.get_xlabel() and ax.get_ylabel()
+    plt.close(fig)
+
+
+def test_plot_receptive_fields_names_a_curve_that_lies_on_another():
+    pool3 = cu.layer_table(cu.ConvEncoder(3, (16, 32, 64), "pool"), (3, 32, 32))
+    pool2 = cu.layer_table(cu.ConvEncoder(3, (16, 32), "pool"), (3, 32, 32))
+    tables = {"pool, 3 stages": pool3, "pool, 2 stages": pool2,
+              "stride": cu.layer_table(cu.ConvEncoder(3, (16, 32), "stride"), (3, 32, 32))}
+    fig = cu.plot_receptive_fields(tables)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert set(lines) == {"pool, 3 stages", "pool, 2 stages: on the 'pool, 3 stages' curve", "stride"}
+    hidden = lines["pool, 2 stages: on the 'pool, 3 stages' curve"]
+    assert list(hidden.get_ydata()) == [3, 4, 8, 10]
+    assert hidden.get_markerfacecolor() == "none" and hidden.get_zorder() > lines["stride"].get_zorder()
+    assert lines["pool, 3 stages"].get_linestyle() != hidden.get_linestyle()
     plt.close(fig)
 
 

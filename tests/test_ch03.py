@@ -226,3 +226,18 @@ def test_edge_map_of_real_photos_is_even_and_a_blocky_copy_is_not(cifar_test):
     # Shrink and regrow by nearest-neighbour: every 2x2 block is flat, all jumps sit on block borders.
     blocky = F.interpolate(F.avg_pool2d(photos.images.float(), 2), scale_factor=2, mode="nearest")
     assert ch03.grid_contrast(emap, 2, border=2) < 0.05 < 1.0 < ch03.grid_contrast(ch03.edge_map(blocky), 2, border=2)
+
+
+def test_plot_over_seeds_starts_at_zero_and_shows_every_seed():
+    import matplotlib.pyplot as plt
+
+    fig = cu.plot_over_seeds({"a": [0.010, 0.012, 0.011], "b": [0.020, 0.018, 0.022]})
+    ax = fig.axes[0]
+    assert ax.get_ylim()[0] == 0  # bars compare honestly: no truncated axis
+    assert [round(p.get_height(), 6) for p in ax.patches] == [0.011, 0.02]  # bars at the means
+    dots = [line for line in ax.get_lines() if line.get_marker() == "o"]
+    assert sorted(round(v, 3) for line in dots for v in line.get_ydata()) == [0.01, 0.011, 0.012, 0.018, 0.02, 0.022]
+    assert "3 seeds" in ax.get_title() and ax.get_ylabel()
+    plt.close(fig)
+    with pytest.raises(cu.CourseError, match="one score per model"):
+        cu.plot_over_seeds({"a": []})

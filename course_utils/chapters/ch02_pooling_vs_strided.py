@@ -13,6 +13,7 @@ from torch import nn
 
 from ..data import ImageData, to_float
 from ..engine import eval_mode
+from ..environment import seed_everything
 from ..errors import CourseError
 from ..models import ConvAutoencoder
 
@@ -125,18 +126,47 @@ def shift_sensitivity(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.
     return {s: moved[s] / max(scale[s], 1e-12) for s in shifts}
 
 
+def shift_sensitivity_at_init(build: Callable[[], nn.Module], images: torch.Tensor | ImageData,
+                              seeds: Iterable[int] = range(10), shift: int = 1) -> list[float]:
+    """Return ``shift_sensitivity`` of untrained models' codes for a ``shift``-pixel shift, one model per seed.
+
+    Each model is ``build()`` right after ``seed_everything(seed)``: one initialisation per seed.
+    Two builders whose models have the same parameter shapes (``ours(config, "pool")`` and
+    ``ours(config, "stride")``) get the same initial weights from the same seed, so their lists
+    compare the two designs seed by seed.
+    """
+    values = []
+    for seed in seeds:
+        seed_everything(seed)
+        model = build()
+        values.append(shift_sensitivity(model.encode, images, (shift,))[shift])
+    if not values:
+        raise CourseError("shift_sensitivity_at_init needs at least one seed.")
+    return values
+
+
 def plot_receptive_fields(tables: Mapping[str, pd.DataFrame], image_size: int | None = None,
                           title: str | None = None):
-    """Plot receptive field against depth (convolution and pooling layers) for several layer tables."""
+    """Plot receptive field against depth (convolution and pooling layers) for several layer tables.
+
+    Each curve gets its own marker and line style. A curve whose every point lies on a curve drawn
+    before it (the same growth, or its first layers) is drawn on top with large hollow markers, and
+    its legend entry names the curve it lies on.
+    """
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    markers = "osD^v<>p"
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    markers, styles = "osD^v<>p", ("-", "--", "-.", ":")
+    drawn: dict[str, set[tuple[int, int]]] = {}
     for i, (name, table) in enumerate(tables.items()):
         rows = table[table["type"].isin(["Conv2d", "MaxPool2d", "AvgPool2d"]) & table["receptive field"].notna()]
-        depth = range(1, len(rows) + 1)
-        ax.plot(depth, rows["receptive field"].astype(int).tolist(), marker=markers[i % len(markers)],
-                label=name)
+        points = list(zip(range(1, len(rows) + 1), rows["receptive field"].astype(int).tolist()))
+        host = next((other for other, seen in drawn.items() if set(points) <= seen), None)
+        style = dict(marker=markers[i % len(markers)], linestyle=styles[i % len(styles)])
+        if host is not None:  # hidden under an earlier curve otherwise: hollow, larger, on top
+            style.update(markersize=11, markerfacecolor="none", markeredgewidth=1.5, linewidth=2.5, zorder=3)
+        ax.plot(*zip(*points), label=name if host is None else f"{name}: on the '{host}' curve", **style)
+        drawn[name] = set(points)
     if image_size:
         ax.axhline(image_size, color="grey", linestyle=":", label=f"image width ({image_size} px)")
     ax.set_xlabel("depth (convolution and pooling layers, input side first)")

@@ -123,3 +123,32 @@ def grid_contrast(maps: torch.Tensor, period: int = 2, border: int = 0) -> float
     """
     tile = grid_tile(maps, period, border)
     return float(tile.max() - tile.min())
+
+
+def plot_over_seeds(values: dict[str, list[float]], ylabel: str = "test MSE per pixel", title: str | None = None):
+    """Draw each model's mean over seeds as a bar from zero, every seed as a dot and the min-max range as a whisker.
+
+    ``values`` maps a model's name to its scores, one per seed. The axis starts at zero, so bar heights
+    compare honestly; the whiskers show how far the seed alone moved each model. Returns the Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if not values or any(len(v) == 0 for v in values.values()):
+        raise CourseError("plot_over_seeds needs at least one score per model: {name: [score per seed, ...]}.")
+    names = list(values)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.5 * len(names)), 4))
+    for i, name in enumerate(names):
+        v = torch.tensor(values[name], dtype=torch.float64)
+        mean, low, high = float(v.mean()), float(v.min()), float(v.max())
+        ax.bar(i, mean, color=plt.cm.viridis(i / max(1, len(names) - 1)), alpha=0.6)
+        ax.errorbar(i, mean, yerr=[[mean - low], [high - mean]], color="black", capsize=6, linewidth=1.5)
+        ax.plot([i] * len(v), v.tolist(), "o", color="black", markersize=4)
+        ax.text(i, high, f"{mean:.4g}\n", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=20)
+    ax.set_ylim(0, None)
+    ax.set_xlabel("model")
+    ax.set_ylabel(ylabel)
+    n = {len(v) for v in values.values()}
+    ax.set_title(title or f"Mean over {'/'.join(map(str, sorted(n)))} seeds (bars), each seed (dots), range (whiskers)")
+    fig.tight_layout()
+    return fig

@@ -111,7 +111,9 @@ def improvement_ladder(build_model, data: ImageData, changes: Sequence[tuple[str
     string saying why the change does not apply here. Rungs start from `PLAIN_STEP`. Each
     candidate (a fresh ``build_model()`` under the same seed) is timed in blocks that alternate
     with blocks of the best setup so far, so both see the same machine; it is kept only if its
-    median is higher, and later rows build on the kept settings.
+    median is higher, and later rows build on the kept settings. Each row's note gives the change
+    against that reference and the reference's own median (it can differ from the reference's row
+    in the table, which was timed earlier, when the machine may have run faster or slower).
     """
     device = torch.device(device) if device is not None else get_device()
     results: dict[str, Throughput | str] = {}
@@ -155,9 +157,10 @@ def improvement_ladder(build_model, data: ImageData, changes: Sequence[tuple[str
         if best is None:
             r.note = "kept"
         else:
-            ratio = r.images_per_second / statistics.median(best_rates)
-            r.note = (f"kept: +{ratio - 1:.0%} vs the best so far" if ratio > 1 else
-                      f"dropped: {1 - ratio:.0%} slower than the best so far")
+            reference = statistics.median(best_rates)  # the best settings so far, timed in turns with this row
+            ratio = r.images_per_second / reference
+            r.note = (f"kept: +{ratio - 1:.0%} vs the best so far ({reference:,.0f} images/s in turns)" if ratio > 1
+                      else f"dropped: {1 - ratio:.0%} slower than the best so far ({reference:,.0f} images/s in turns)")
         if best is None or r.note.startswith("kept"):
             kept, best = settings, candidate
         if r.warmup_seconds > 5:
