@@ -42,7 +42,7 @@ REFERENCES: dict[str, dict] = {
     "cifar10-256": {"dataset": "cifar10", "code_size": 256, "bottleneck": "spatial", "base_width": 64, "epochs": 8},
     "cifar10-384": {"dataset": "cifar10", "code_size": 384, "bottleneck": "spatial", "base_width": 64, "epochs": 8},
     "cifar10-128": {"dataset": "cifar10", "code_size": 128, "bottleneck": "spatial", "base_width": 64, "epochs": 8},
-    "cifar10-64": {"dataset": "cifar10", "code_size": 64, "bottleneck": "spatial", "base_width": 64, "epochs": 8},
+    "cifar10-64": {"dataset": "cifar10", "code_size": 64, "bottleneck": "flat", "base_width": 32, "epochs": 8},
 }
 RECIPE = dict(cu.RECOMMENDED_TRAINING)
 CHECK_IMAGES = 1_000  # test images a quick check re-scores (test.subset(CHECK_IMAGES)): the tests redo it
