@@ -750,7 +750,7 @@ def read_photos(path: str | Path, max_side: int | None = None, channels: int = 3
             im = Image.fromarray(array[..., 0] if channels == 1 else array)
             array = np.asarray(im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
             array = array[..., None] if array.ndim == 2 else array
-        photos[str(f.relative_to(root))] = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
+        photos[str(f.relative_to(root))] = torch.from_numpy(np.array(array)).permute(2, 0, 1).contiguous()
     if bad:
         warnings.warn(f"Skipped {len(bad)} unreadable file(s) in {root}, e.g. {bad[0]}.", stacklevel=2)
     if not photos:

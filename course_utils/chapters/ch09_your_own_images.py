@@ -214,6 +214,12 @@ def write_png_folder(data: ImageData, dest: str | Path) -> Path:
     return dest
 
 
+def png_folder_order(data: ImageData) -> torch.Tensor:
+    """Return the order in which `load_image_folder` reads back a `write_png_folder` folder: by class, then index."""
+    names = [c.replace("/", "-") for c in data.classes]
+    return torch.tensor(sorted(range(len(data)), key=lambda i: (names[int(data.labels[i])], i)), dtype=torch.int64)
+
+
 def timer() -> Callable[[], float]:
     """Return a function that gives the seconds since this call."""
     start = time.perf_counter()
@@ -222,5 +228,5 @@ def timer() -> Callable[[], float]:
 
 __all__ = ["BUDGET_SECONDS", "SAMPLE_PHOTOS", "GREY_PHOTOS", "TEST_PHOTOS", "SIZES", "COMPRESSION", "activation_values",
            "code100_model", "optional_dataset", "photo_credits", "sample_photo_folder", "sample_photo_path",
-           "seconds_per_step", "size_model", "size_table", "split_photos", "steps_affordable", "timer", "write_png_folder",
+           "seconds_per_step", "size_model", "size_table", "png_folder_order", "split_photos", "steps_affordable", "timer", "write_png_folder",
            "training_memory"]
