@@ -2,14 +2,22 @@
 
 `fit`, `fit_classifier`, chapter 05's speed measurements and every benchmark train through
 `TrainStep`, so an option (mixed precision, channels_last, a fused optimizer, gradient
-clipping, a learning-rate schedule, an input corruption for denoising) means the same thing
-everywhere. ``"auto"`` settings pick what is measured to be faster on this device and never
-a slow emulated path (see `cpu_has_native_bf16`).
+clipping, a learning-rate schedule, an input corruption for denoising, data parallelism over
+several processes) means the same thing everywhere. ``"auto"`` settings pick what is measured
+to be faster on this device and never a slow emulated path (see `cpu_has_native_bf16`).
+
+Data parallelism (chapter 10): `join_data_parallel` joins the process group that ``torchrun``
+describes in the environment (NCCL on CUDA GPUs, gloo on the CPU), and a `TrainStep` built
+while one is active wraps its model in `DistributedDataParallel`, which averages the gradients
+of all processes in every backward pass.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
 import functools
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .environment import get_device
 from .errors import CourseError
 
 # One vocabulary for mixed precision, accepted by fit, TrainStep and the speed tools.
@@ -151,6 +160,93 @@ def _import_quietly(module: str) -> None:
         logger.setLevel(level)
 
 
+# --------------------------------------------------------------------------- data parallelism
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)  # a collective waiting longer than this fails instead of hanging
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+    """This process's place in a data-parallel run: ``rank`` of ``world_size`` processes, and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str | None  # "nccl" (CUDA GPUs), "gloo" (CPU), or None when training alone
+
+    @property
+    def active(self) -> bool:
+        """Return True when several processes train together."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Return True on rank 0, the one process that prints progress and writes checkpoints."""
+        return self.rank == 0
+
+
+def _process_group_size() -> int:
+    """Return the size of the initialised default process group (1 without one)."""
+    import torch.distributed as dist
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank_device(device: torch.device | str | None, local_rank: int) -> torch.device:
+    """Return the device of the process with ``local_rank`` on this machine: its own GPU, or the CPU."""
+    device = torch.device(device) if device is not None else get_device()
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise CourseError(
+                f"Process {local_rank} on this machine needs GPU {local_rank}, but this machine has {count} "
+                f"GPU(s): one process per GPU. Launch at most {count} process(es) per machine "
+                f"(torchrun --nproc-per-node={max(count, 1)} ...), or train on the CPU (--device cpu).")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise CourseError(f"torch.distributed has no backend for the {device.type!r} device; launch a single "
+                          "process there, or train with several processes on the CPU (--device cpu).")
+    return device
+
+
+def join_data_parallel(device: torch.device | str | None = None) -> DataParallel:
+    """Join the data-parallel run torchrun started (NCCL on CUDA, gloo on the CPU); alone, return rank 0 of 1.
+
+    torchrun describes the run in each process's environment: ``WORLD_SIZE`` processes in all,
+    this one's ``RANK`` among them and its ``LOCAL_RANK`` on this machine, and where rank 0
+    listens (``MASTER_ADDR``, ``MASTER_PORT``). A process group initialised before (by you, or
+    by an earlier call) is joined as it is. Each process trains on its own device: GPU
+    ``LOCAL_RANK`` on a CUDA machine, else the CPU.
+    """
+    import torch.distributed as dist
+    initialised = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if initialised else int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DataParallel(0, 1, 0, torch.device(device) if device is not None else get_device(), None)
+    if not dist.is_available():
+        raise CourseError("This PyTorch build has no torch.distributed, so it cannot train with several "
+                          "processes. Launch one process (python ..., not torchrun), or install a standard build.")
+    rank = dist.get_rank() if initialised else int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    device = rank_device(device, local_rank)
+    if not initialised:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT,
+                                **({"device_id": device} if device.type == "cuda" else {}))
+    return DataParallel(rank, world, local_rank, device, dist.get_backend())
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """Return the mean of ``values`` over all processes of the run (``values`` itself when alone)."""
+    world = _process_group_size()
+    if world == 1:
+        return values
+    import torch.distributed as dist
+    total = values.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)  # gloo has no AVG: sum, then divide
+    return total.div_(world)
+
+
 # --------------------------------------------------------------------------- optimizer and schedule
 def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, fused: bool = False):
     """Return the optimizer ``name`` ('adamw', 'adam' or 'sgd' with momentum 0.9)."""
@@ -179,7 +275,12 @@ class TrainStep:
     """One optimizer step on a batch that is already on the device: ``loss = step(x)``.
 
     Owns the model's placement and memory format, the optimizer (fused where supported), the
-    autocast dtype and gradient scaler, gradient clipping and the schedule. ``input_transform``
+    autocast dtype and gradient scaler, gradient clipping and the schedule. In a data-parallel
+    run (``data_parallel="auto"``: whenever a process group of several processes is active, see
+    `join_data_parallel`) the model is wrapped in `DistributedDataParallel`: each process passes
+    its own slice of the global batch, and backward averages the gradients over all of them, so
+    every process takes the same optimizer step. ``sync_batchnorm=True`` (CUDA only) computes
+    batch-norm statistics over the global batch instead of each process's slice. ``input_transform``
     (e.g. adding noise) changes the model's inputs only; the target stays the clean batch
     (or ``target``, e.g. class labels with ``loss="cross_entropy"``). Returns the loss as a
     detached tensor on the device: reading it (``.item()``) would wait for the GPU every step.
@@ -189,7 +290,8 @@ class TrainStep:
                  optimizer: str = "adamw", weight_decay: float = 0.0, schedule: str | None = None,
                  total_steps: int = 1, loss: str | Callable = "mse", amp: bool | str | None = "auto",
                  channels_last: bool | str = "auto", fused: bool | str = "auto", compile: bool = False,
-                 max_grad_norm: float | None = None, input_transform: Callable | None = None):
+                 max_grad_norm: float | None = None, input_transform: Callable | None = None,
+                 data_parallel: bool | str = "auto", sync_batchnorm: bool = False):
         self.device = torch.device(device)
         self.loss_fn = LOSSES.get(loss) if isinstance(loss, str) else loss
         if self.loss_fn is None:
@@ -198,6 +300,19 @@ class TrainStep:
         self.channels_last = resolve_channels_last(channels_last, self.device)
         self.fused = (optimizer in ("adam", "adamw") and fused_optimizer_supported(self.device)
                       if fused == "auto" else bool(fused))
+        world = _process_group_size()
+        if data_parallel not in ("auto", True, False):
+            raise CourseError(f"data_parallel must be 'auto', True or False; got {data_parallel!r}.")
+        if data_parallel is True and world == 1:
+            raise CourseError("data_parallel=True needs a run of several processes: launch the script with "
+                              "torchrun --nproc-per-node=2 ... (or leave data_parallel='auto').")
+        self.processes = world if data_parallel in ("auto", True) else 1
+        if sync_batchnorm and self.processes > 1:
+            if self.device.type != "cuda":
+                raise CourseError("sync_batchnorm=True needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU "
+                                  "kernel); on the CPU leave it off: each process normalises over its own slice "
+                                  "of the batch.")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -207,11 +322,18 @@ class TrainStep:
         self.max_grad_norm, self.input_transform = max_grad_norm, input_transform
         if compile and not torch.cuda.is_available():
             _import_quietly("torch.utils.cpp_extension")  # else its import, during compilation, logs "No CUDA"
-        self.forward = torch.compile(self.model) if compile else self.model
+        wrapped = self.model
+        if self.processes > 1:  # broadcasts rank 0's weights now, averages gradients in every backward
+            from torch.nn.parallel import DistributedDataParallel
+            wrapped = DistributedDataParallel(self.model, device_ids=[self.device.index]
+                                              if self.device.type == "cuda" else None)
+        self.forward = torch.compile(wrapped) if compile else wrapped
         self.settings = {"optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "schedule": schedule,
                          "amp": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else None,
                          "channels_last": self.channels_last, "fused": self.fused, "compile": compile,
                          "max_grad_norm": max_grad_norm}
+        if self.processes > 1:
+            self.settings.update(processes=self.processes, sync_batchnorm=bool(sync_batchnorm))
 
     def __call__(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """Train on one batch; return its loss (detached, still on the device)."""

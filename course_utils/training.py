@@ -1,4 +1,10 @@
-"""`fit`: the resumable training loop around `TrainStep`, `fit_classifier`, and atomic checkpoints."""
+"""`fit`: the resumable training loop around `TrainStep`, `fit_classifier`, and atomic checkpoints.
+
+`fit` trains alone or, launched by ``torchrun``, as one of several data-parallel processes
+(chapter 10): the same loop and the same `TrainStep`, with each process taking its own slice of
+every global batch, gradients averaged by `DistributedDataParallel`, and only rank 0 showing
+progress and writing the checkpoint that every rank resumes from.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import DeviceBatches, ImageData
-from .engine import TrainStep, check_model_fits, resolve_channels_last
+from .data import DeviceBatches, ImageData, to_float
+from .engine import (DataParallel, TrainStep, all_reduce_mean, check_model_fits, join_data_parallel,
+                     resolve_channels_last)
 from .environment import get_device
 from .errors import CheckpointError, CourseError, TrainingDivergedError
 from .files import atomic_write
@@ -75,8 +82,12 @@ def _set_rng_state(state: dict) -> None:
 
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer=None, scheduler=None, scaler=None,
                     epoch: int = 0, batch: int = 0, step: int = 0, config: dict | None = None,
-                    history: History | None = None) -> Path:
-    """Write a checkpoint atomically: a temporary file in the same folder, then a rename."""
+                    history: History | None = None, rank_rng: list[dict] | None = None) -> Path:
+    """Write a checkpoint atomically: a temporary file in the same folder, then a rename.
+
+    ``rank_rng``: in a data-parallel run, every process's random-number state, by rank (rank 0
+    writes the file), so each process resumes with its own.
+    """
     path = Path(path)
     payload = {
         "format": CHECKPOINT_FORMAT, "model_class": type(model).__name__, "model": model.state_dict(),
@@ -86,6 +97,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer=None, schedule
         "epoch": epoch, "batch": batch, "step": step, "rng": _rng_state(),
         "config": dict(config or {}), "history": (history if history is not None else History()).state(),
     }
+    if rank_rng is not None:
+        payload["rank_rng"] = rank_rng
     try:
         with atomic_write(path) as f:  # readers see the old checkpoint or the new one, never half of one
             torch.save(payload, f)
@@ -201,28 +214,66 @@ def _apply_checkpoint(payload: dict, path: Path, model=None, optimizer=None, sch
 
 # --------------------------------------------------------------------------- the loop
 class _Batches:
-    """fit's training data: ImageData kept on the device as uint8 (replayable), or any iterable of batches."""
+    """fit's training data: ImageData kept on the device as uint8 (replayable), or any iterable of batches.
 
-    def __init__(self, train, batch_size: int, device: torch.device, value_range, seed: int, channels_last: bool):
+    In a data-parallel run of W processes, ``batch_size`` is the global batch B. Every process
+    keeps the uint8 images resident on its device and draws the same order for each epoch (a
+    permutation seeded by (seed, epoch): identical on every rank, the same in every run);
+    process r takes images r*B/W to (r+1)*B/W of each global batch, so over an epoch each rank
+    trains on its own shard, a different one every epoch. A DataLoader must hand each process
+    its own share through a DistributedSampler; fit calls its ``set_epoch`` every epoch.
+    """
+
+    def __init__(self, train, batch_size: int, device: torch.device, value_range, seed: int, channels_last: bool,
+                 dp: DataParallel):
         self.device, self.replayable = device, isinstance(train, (ImageData, torch.Tensor))
+        self.value_range, self.channels_last, self.dp = value_range, channels_last, dp
+        if dp.active and batch_size % dp.world_size:
+            fits = max(dp.world_size, batch_size // dp.world_size * dp.world_size)
+            raise CourseError(
+                f"batch_size={batch_size} is the global batch, split evenly over the {dp.world_size} processes, "
+                f"so it must be a multiple of {dp.world_size}: use e.g. batch_size={fits}.")
         if self.replayable:
             self.source = DeviceBatches(train, batch_size, device, shuffle=True, value_range=value_range,
-                                        drop_last=len(train) >= 2 * batch_size, seed=seed,
+                                        drop_last=dp.active or len(train) >= 2 * batch_size, seed=seed,
                                         channels_last=channels_last)
             self.image_shape = tuple(self.source.images.shape[1:])
-        else:  # e.g. a DataLoader of float images, or of (images, labels)
+            self.per_rank = batch_size // dp.world_size
+        else:  # e.g. a DataLoader of float images, or of (images, labels), or of uint8 images
+            sampler = getattr(train, "sampler", None)
+            if dp.active and not isinstance(sampler, torch.utils.data.distributed.DistributedSampler):
+                raise CourseError(
+                    f"Under torchrun each of the {dp.world_size} processes must read its own share of the data, "
+                    "but this DataLoader gives every process all of it. Build it with "
+                    "sampler=torch.utils.data.distributed.DistributedSampler(dataset) (e.g. "
+                    "course_utils.chapters.ch10_distributed.sharded_loader), or pass ImageData to fit.")
             self.source = train
             first = next(iter(train))
             self.image_shape = tuple((first[0] if isinstance(first, (list, tuple)) else first).shape[1:])
         self.count = len(self.source)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
-        """Yield the float batches of ``epoch`` on the device, from batch ``start`` on."""
-        if self.replayable:
+        """Yield the float batches of ``epoch`` on the device, from batch ``start`` on (this process's slices)."""
+        if self.replayable and not self.dp.active:
             yield from self.source.batches(epoch, start)
             return
+        if self.replayable:
+            order, size, rank = self.source.order(epoch), self.source.batch_size, self.dp.rank
+            for b in range(start, self.count):
+                first = b * size + rank * self.per_rank
+                yield self._decode(self.source.images[order[first:first + self.per_rank]])
+            return
+        sampler = getattr(self.source, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         for x in self.source:
-            yield (x[0] if isinstance(x, (list, tuple)) else x).to(self.device, non_blocking=True)
+            x = (x[0] if isinstance(x, (list, tuple)) else x).to(self.device, non_blocking=True)
+            yield self._decode(x) if x.dtype == torch.uint8 else x
+
+    def _decode(self, images: torch.Tensor) -> torch.Tensor:
+        """Turn uint8 images already on the device into the float batch the model takes."""
+        x = to_float(images, self.value_range)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 class _EpochLosses:
@@ -234,8 +285,12 @@ class _EpochLosses:
         self.checked, self.epoch, self.first_step, self.history, self.lr = first_batch, epoch, first_step, history, lr
 
     def check(self, upto: int) -> float:
-        """Read losses up to batch ``upto`` (one host sync), stop if any is not finite; return their mean."""
-        chunk = self.values[self.checked:upto].cpu()
+        """Read losses up to batch ``upto`` (one host sync), stop if any is not finite; return their mean.
+
+        In a data-parallel run each loss is first averaged over the processes (one all-reduce): the
+        global batch's loss, the same on every rank, so every rank stops together on a NaN.
+        """
+        chunk = all_reduce_mean(self.values[self.checked:upto]).cpu()
         _raise_if_diverged(chunk, self.epoch, self.checked, self.first_step, len(self.values), self.lr)
         self.history.step_losses.extend(chunk.tolist())
         self.checked = upto
@@ -250,7 +305,7 @@ def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: Image
         compile: bool = False, max_grad_norm: float | None = None, input_transform: Callable | None = None,
         checkpoint: str | Path | None = None, checkpoint_every: int | None = None, resume: bool = False,
         seed: int = 0, progress: bool = True, check_every: int = 50, stop_after_steps: int | None = None,
-        desc: str | None = None) -> History:
+        desc: str | None = None, sync_batchnorm: bool = False) -> History:
     """Train an autoencoder to reconstruct its input; return the per-epoch History.
 
     ``train`` is ImageData (fast path: uint8 on the device, shuffled there) or any iterable of
@@ -259,33 +314,45 @@ def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: Image
     ``input_transform`` corrupts the inputs only (denoising). With ``checkpoint`` set, the run
     is saved atomically at every epoch end (and every ``checkpoint_every`` steps); with
     ``resume=True`` it continues from that file, replaying the same batch order.
+
+    Launched by ``torchrun --nproc-per-node=N`` (chapter 10), fit joins the run (NCCL on GPUs,
+    gloo on the CPU) and trains data-parallel: ``batch_size`` is the global batch, each process
+    takes its slice of it, gradients and reported losses are averaged over the processes, only
+    rank 0 shows progress and writes the checkpoint, and every rank resumes from it. Every rank
+    returns the same History.
     """
     from tqdm.auto import tqdm
 
-    device = torch.device(device) if device is not None else get_device()
     if epochs <= 0:
         raise CourseError(f"epochs must be positive, got {epochs}.")
     if lr <= 0 or not math.isfinite(lr):
         raise CourseError(f"The learning rate must be a positive number, got {lr}.")
+    dp = join_data_parallel(device)  # alone: rank 0 of 1 on `device` (default: the best one here)
+    device = dp.device
     value_range = tuple(value_range or model_value_range(model))
-    batches = _Batches(train, batch_size, device, value_range, seed, resolve_channels_last(channels_last, device))
+    batches = _Batches(train, batch_size, device, value_range, seed, resolve_channels_last(channels_last, device), dp)
     step = TrainStep(model, device=device, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                      schedule=schedule, total_steps=epochs * batches.count, loss=loss, amp=amp,
                      channels_last=channels_last, fused=fused, compile=compile, max_grad_norm=max_grad_norm,
-                     input_transform=input_transform)
+                     input_transform=input_transform, sync_batchnorm=sync_batchnorm)
+    model = step.model
     check_model_fits(model, batches.image_shape, device)
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
               "weight_decay": weight_decay, "schedule": schedule, "seed": seed, "value_range": list(value_range),
               "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "custom"),
-              "model": type(model).__name__, "images": batches.count * batch_size}
-    save = _Checkpointer(checkpoint, step, config) if checkpoint is not None else None
+              "model": type(model).__name__, "images": batches.count * batch_size, "processes": dp.world_size}
+    save = _Checkpointer(checkpoint, step, config, dp) if checkpoint is not None else None
 
     history, start_epoch, start_batch, n_steps = History(), 0, 0, 0
-    if resume and checkpoint is not None and Path(checkpoint).is_file():
-        history, start_epoch, start_batch, n_steps = _resume(checkpoint, step, batches, config, progress)
+    if resume and checkpoint is not None:
+        state = _from_main(dp, lambda: _read_checkpoint(Path(checkpoint), "cpu" if dp.active else device)
+                           if Path(checkpoint).is_file() else None)
+        if state is not None:
+            history, start_epoch, start_batch, n_steps = _resume(checkpoint, state, step, batches, config,
+                                                                 progress and dp.is_main, dp)
 
     bar = tqdm(total=epochs * batches.count, initial=start_epoch * batches.count + start_batch,
-               disable=not progress, desc=desc or type(model).__name__, unit="batch")
+               disable=not (progress and dp.is_main), desc=desc or type(model).__name__, unit="batch")
     model.train()
     with bar, _explain_interrupt(save):
         for epoch in range(start_epoch, epochs):
@@ -294,7 +361,7 @@ def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: Image
             t0, seen = time.perf_counter(), 0
             for b, x in enumerate(batches.epoch(epoch, first), start=first):
                 losses.values[b] = step(x)
-                seen, n_steps = seen + x.shape[0], n_steps + 1
+                seen, n_steps = seen + x.shape[0] * dp.world_size, n_steps + 1  # images of the global batch
                 bar.update(1)
                 last = b + 1 == batches.count
                 save_now = save is not None and checkpoint_every and n_steps % checkpoint_every == 0
@@ -310,10 +377,10 @@ def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: Image
             seconds = time.perf_counter() - t0
             record = {"epoch": epoch + 1, "train_loss": float(np.mean(history.step_losses[n_steps - batches.count:])),
                       "seconds": seconds, "images_per_second": seen / max(seconds, 1e-9), "lr": step.lr}
-            if val is not None:
+            if val is not None and dp.is_main:
                 scores = evaluate(model, val, device=device, ssim=False)
                 record.update(val_mse=scores["mse"], val_psnr=scores["psnr"])
-            history.records.append(record)
+            history.records.append(_from_main(dp, lambda: record))  # rank 0's record, on every rank
             if save is not None:
                 save(epoch + 1, 0, n_steps, history)
             if stop_after_steps is not None and n_steps >= stop_after_steps:
@@ -322,16 +389,48 @@ def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: Image
 
 
 class _Checkpointer:
-    """fit's checkpoint writer: checks the path before any work and remembers what it saved last."""
+    """fit's checkpoint writer: checks the path before any work and remembers what it saved last.
 
-    def __init__(self, path: str | Path, step: TrainStep, config: dict):
-        self.path, self.step, self.config = check_checkpoint_path(path), step, config
+    In a data-parallel run every process calls it at the same steps: the processes' random-number
+    states are gathered (one collective) and rank 0 alone writes the file; the model, optimizer
+    and schedule are identical on every rank, so rank 0's copy is everyone's.
+    """
+
+    def __init__(self, path: str | Path, step: TrainStep, config: dict, dp: DataParallel):
+        self.path, self.step, self.config, self.dp = check_checkpoint_path(path), step, config, dp
         self.last: tuple[int, int, int] | None = None  # (epoch, batch, step) of the last save
 
     def __call__(self, epoch: int, batch: int, n_steps: int, history: History) -> None:
-        save_checkpoint(self.path, self.step.model, self.step.optimizer, self.step.scheduler, self.step.scaler,
-                        epoch, batch, n_steps, self.config, history)
+        rank_rng = None
+        if self.dp.active:
+            import torch.distributed as dist
+            rank_rng = [None] * self.dp.world_size
+            dist.all_gather_object(rank_rng, _rng_state())
+        if self.dp.is_main:
+            save_checkpoint(self.path, self.step.model, self.step.optimizer, self.step.scheduler, self.step.scaler,
+                            epoch, batch, n_steps, self.config, history, rank_rng=rank_rng)
         self.last = (epoch, batch, n_steps)
+
+
+def _from_main(dp: DataParallel, compute: Callable):
+    """Return ``compute()`` as rank 0 computed it, on every rank (alone: just call it).
+
+    A CourseError raised on rank 0 is raised on every rank, so no process is left waiting.
+    """
+    if not dp.active:
+        return compute()
+    import torch.distributed as dist
+    box = [None]
+    if dp.is_main:
+        try:
+            box = [("value", compute())]
+        except CourseError as e:
+            box = [("error", e)]
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value
 
 
 @contextlib.contextmanager
@@ -351,9 +450,9 @@ def _explain_interrupt(saver: _Checkpointer | None):
         raise KeyboardInterrupt(f"Training stopped by an interrupt. {where}") from None
 
 
-def _resume(checkpoint: str | Path, step: TrainStep, batches: _Batches, config: dict, progress: bool):
-    """Load a run saved by fit into ``step``; return (history, epoch, batch, steps done)."""
-    state = _read_checkpoint(Path(checkpoint), step.device)
+def _resume(checkpoint: str | Path, state: dict, step: TrainStep, batches: _Batches, config: dict, progress: bool,
+            dp: DataParallel):
+    """Load the run saved in ``checkpoint`` (read as ``state``) into ``step``; return (history, epoch, batch, step)."""
     saved = state.get("config", {})
     scheduled = config["schedule"] not in (None, "none")  # without a schedule, more epochs simply continue
     fixed = ("batch_size", "lr", "schedule", "images") + (("epochs",) if scheduled else ())
@@ -369,7 +468,8 @@ def _resume(checkpoint: str | Path, step: TrainStep, batches: _Batches, config: 
     if not batches.replayable and state["batch"]:
         raise CourseError("Resuming mid-epoch needs ImageData as training data (a DataLoader cannot "
                           "replay its order); save only at epoch ends (checkpoint_every=None).")
-    _set_rng_state(state["rng"])
+    rank_rng = state.get("rank_rng")
+    _set_rng_state(rank_rng[dp.rank] if rank_rng and len(rank_rng) == dp.world_size else state["rng"])
     if progress:
         print(f"Resuming from {checkpoint}: epoch {state['epoch'] + 1}, batch {state['batch']}, step {state['step']}.")
     history = History(state["history"]["records"], state["history"]["step_losses"])

@@ -31,6 +31,11 @@ needs_fashion = pytest.mark.usefixtures("fashion_available")
 needs_cifar = pytest.mark.usefixtures("cifar_available")
 
 
+def pytest_configure(config) -> None:
+    """Register the course's markers (``pytest -m distributed`` selects the multi-process tests)."""
+    config.addinivalue_line("markers", "distributed: launches several training processes (torchrun, gloo on the CPU)")
+
+
 @pytest.fixture
 def fashion_available() -> None:
     """Skip (in CI: fail) unless Fashion-MNIST can be loaded: Debian's copy, or a download."""

@@ -1,0 +1,305 @@
+"""Chapter 10's helpers: launch training with torchrun, a sharded DataLoader, an all-reduce demo, LR scaling.
+
+The training itself is `fit`'s (and so `TrainStep`'s): launched by ``torchrun`` it joins the
+run and trains data-parallel (see `course_utils.training`). This module holds what the
+chapter adds around it: `run_torchrun`/`torchrun_train` start ``course_utils.train`` (or any
+script) on N processes from a notebook and report the first failing rank's error;
+`sharded_loader` is the path for data that does not fit on the device; `all_reduce_demo`
+measures what an all-reduce computes and what it costs; `scaled_lr` is the learning-rate
+arithmetic of a larger effective batch.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from ..data import ImageData
+from ..engine import join_data_parallel
+from ..errors import CourseError
+
+
+# --------------------------------------------------------------------------- data that does not fit on the device
+class UInt8Images(Dataset):
+    """A Dataset of uint8 images (C, H, W), one at a time, from ImageData or a NumPy array (N, H, W, C).
+
+    The array may be memory-mapped (``np.load("images.npy", mmap_mode="r")``): each DataLoader
+    worker then reads only the images its process asks for, so the data never has to fit in
+    memory, let alone on the device. Images stay uint8 (4x fewer bytes than float32) until
+    `fit` decodes the batch on the device.
+    """
+
+    def __init__(self, data: ImageData | np.ndarray | torch.Tensor):
+        if isinstance(data, ImageData):
+            data = data.images
+        if data.dtype not in (np.uint8, torch.uint8) or data.ndim != 4:
+            raise CourseError(f"UInt8Images expects uint8 images, (N, C, H, W) as a tensor or (N, H, W, C) as a "
+                              f"NumPy array, got {data.dtype} {tuple(data.shape)}.")
+        self.data, self.channels_last_array = data, isinstance(data, np.ndarray)
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self.channels_last_array:
+            return torch.from_numpy(np.array(self.data[i])).permute(2, 0, 1)  # a copy read from disk; HxWxC => CxHxW
+        return self.data[i]
+
+
+def sharded_loader(data: ImageData | np.ndarray | Dataset, batch_size: int, *, workers: int = 2, seed: int = 0,
+                   device: torch.device | str | None = None) -> DataLoader:
+    """Return a DataLoader giving this process its share of each global batch of ``batch_size`` uint8 images.
+
+    A `DistributedSampler` (shuffled with ``seed``; `fit` calls its ``set_epoch`` every epoch, so
+    every rank draws the same new order each epoch) gives process r of W the images
+    r, r + W, r + 2W, ... of that order, ``batch_size / W`` at a time; ``workers`` processes
+    read and collate the next batches while the model trains, and on a GPU the batches land in
+    pinned (page-locked) memory so the copy to the device runs in the background. Alone (no
+    torchrun) it is the same loader with W = 1.
+    """
+    dp = join_data_parallel(device)
+    if batch_size % dp.world_size:
+        raise CourseError(f"batch_size={batch_size} is the global batch, split evenly over the {dp.world_size} "
+                          f"processes, so it must be a multiple of {dp.world_size}.")
+    dataset = data if isinstance(data, Dataset) else UInt8Images(data)
+    sampler = DistributedSampler(dataset, num_replicas=dp.world_size, rank=dp.rank, shuffle=True, seed=seed,
+                                 drop_last=True)
+    return DataLoader(dataset, batch_size=batch_size // dp.world_size, sampler=sampler, drop_last=True,
+                      num_workers=workers, pin_memory=dp.device.type == "cuda", persistent_workers=workers > 0)
+
+
+# --------------------------------------------------------------------------- launching with torchrun
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now (for rank 0 to listen on)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def torchrun_command(args: list[str], processes: int, *, module: str | None = "course_utils.train",
+                     script: str | Path | None = None, port: int | None = None) -> list[str]:
+    """Return the torchrun command line that starts ``processes`` copies of ``module`` (or ``script``) with ``args``."""
+    if processes < 1:
+        raise CourseError(f"processes must be at least 1, got {processes}.")
+    target = [str(script)] if script is not None else ["-m", module]
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={processes}",
+            "--master-addr=127.0.0.1", f"--master-port={port or free_port()}", *target, *map(str, args)]
+
+
+def _readable(command: list[str]) -> str:
+    """Return ``command`` as a learner would type it (torchrun ..., without this Python's full path)."""
+    words = command[3:] if command[1:3] == ["-m", "torch.distributed.run"] else command
+    return "torchrun " + " ".join(shlex.quote(w) for w in words)
+
+
+_EXCEPTION = re.compile(r"^\s*((?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Interrupt)\b.*)$")
+
+
+def _exception_line(lines: list[str]) -> str | None:
+    """Return the last 'SomeError: message' line of ``lines`` (a traceback's last line), if any."""
+    found = [m.group(1).strip() for m in map(_EXCEPTION.match, lines) if m and "ChildFailedError" not in m.group(1)]
+    return found[-1] if found else None
+
+
+def _failure(output: str, returncode: int, processes: int, with_traceback: bool = False) -> str:
+    """Return one line naming the rank that failed first and its error, read from torchrun's output.
+
+    torchrun ends a failed run with a report whose "Root Cause" names the first rank to fail; that
+    rank's own traceback is in the output, each line prefixed with ``[rankN]:`` (or, for a script
+    decorated with ``@record``, inside the report itself).
+    """
+    root = output.split("Root Cause", 1)[1] if "Root Cause" in output else ""
+    rank = re.search(r"rank\s*:\s*(\d+)", root)
+    killed = re.search(r"Signal \d+ \((\w+)\) received", root)
+    error = None
+    if rank:
+        error = _exception_line(re.findall(rf"^\[rank{rank.group(1)}\]:\s?(.*)$", output, re.M))
+    error = error or _exception_line(root.splitlines()) or (None if root else _exception_line(output.splitlines()))
+    who = f"rank {rank.group(1)}" if rank else "a process"
+    what = (f"raised {error}" if error else f"was killed by signal {killed.group(1)}" if killed
+            else f"exited with code {returncode}")
+    message = (f"The run of {processes} process(es) failed: {who} {what}. torchrun then stopped the other "
+               "processes; that rank's traceback is in the output. Fix the error and launch again (with --resume "
+               "and the same --checkpoint to continue from rank 0's last checkpoint).")
+    if with_traceback and rank:
+        lines = re.findall(rf"^\[rank{rank.group(1)}\]:\s?(.*)$", output, re.M)[-20:]
+        message += "\n" + "\n".join(lines or root.strip().splitlines()[-20:])
+    return message
+
+
+def run_torchrun(args: list[str], processes: int, *, module: str | None = "course_utils.train",
+                 script: str | Path | None = None, threads_per_process: int | None = None, timeout_s: float = 600,
+                 echo: bool = True, env: dict | None = None) -> str:
+    """Run ``torchrun --nproc-per-node=processes`` on ``module`` (or ``script``) and return its output.
+
+    Rank 0 listens on a free port of 127.0.0.1. Each process gets ``threads_per_process`` CPU
+    threads (default: this machine's cores shared out, at least 1), so N processes never ask
+    for more cores than there are. With ``echo`` the command and the output are printed as they
+    come (a progress bar at its last state). If any process fails, torchrun stops the others and
+    this raises one CourseError naming the rank and its error; a run longer than ``timeout_s``
+    is stopped (all its processes) and reported the same way: a failure never hangs.
+    """
+    command = torchrun_command(args, processes, module=module, script=script)
+    threads = threads_per_process or max(1, _cores() // processes)
+    full_env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", **(env or {})}
+    if echo:
+        print(f"$ OMP_NUM_THREADS={threads} {_readable(command)}", flush=True)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env,
+                            start_new_session=True)  # its own process group: a timeout stops every rank
+    text = io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace", newline="\n")  # keep \r in lines
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    timer = threading.Timer(timeout_s, stop)
+    timer.start()
+    lines = []
+    try:
+        for line in text:
+            line = line.rstrip("\n").rstrip("\r").split("\r")[-1]  # a progress bar's last state
+            lines.append(line)
+            if echo:
+                print(line, flush=True)
+        proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    output = "\n".join(lines)
+    if timed_out.is_set():
+        raise CourseError(f"The run of {processes} process(es) did not finish within {timeout_s:g} s and was stopped "
+                          "(every process). If it was still training, give it more time (timeout_s=...); if it was "
+                          "waiting, a process probably never reached the same step as the others.")
+    if proc.returncode != 0:
+        raise CourseError(_failure(output, proc.returncode, processes, with_traceback=not echo))
+    return output
+
+
+def torchrun_train(processes: int, *, threads_per_process: int | None = None, timeout_s: float = 600,
+                   echo: bool = True, **options) -> dict:
+    """Train with ``python -m course_utils.train`` on ``processes`` processes; return rank 0's report.
+
+    ``options`` are the script's (``dataset="fashion-mnist", latent=196, epochs=2``: underscores
+    become dashes, True becomes a bare flag); see ``python -m course_utils.train --help``.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        report = Path(folder) / "report.json"
+        args = []
+        for key, value in options.items():
+            if value is None or value is False:
+                continue
+            args.append("--" + key.replace("_", "-"))
+            if value is not True:
+                args.append(str(value))
+        t0 = time.perf_counter()
+        run_torchrun([*args, "--report", str(report)], processes, threads_per_process=threads_per_process,
+                     timeout_s=timeout_s, echo=echo)
+        result = json.loads(report.read_text())
+        result["launch_seconds"] = time.perf_counter() - t0  # from the command to the last process's exit
+    return result
+
+
+# --------------------------------------------------------------------------- what all-reduce does and costs
+def _demo_worker(rank: int, world_size: int, port: int, images: torch.Tensor, sizes: list[int], repeats: int,
+                 out: str) -> None:
+    """One process of `all_reduce_demo`: its gradient on its slice, all-reduced, and timed all-reduces."""
+    import torch.distributed as dist
+    from ..models import ConvAutoencoder
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)  # the same weights in every process
+        model = ConvAutoencoder(images.shape[-1], images.shape[1], (16, 32), latent=32)
+        per = images.shape[0] // world_size
+        x = images[rank * per:(rank + 1) * per].float() / 255
+        torch.nn.functional.mse_loss(model(x), x).backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        dist.all_reduce(grads)  # SUM over the processes ...
+        grads /= world_size  # ... divided by their number: the mean, as DDP computes it
+        times = {}
+        for n in sizes:
+            t = torch.ones(n)
+            dist.all_reduce(t)  # warm-up: the first call sets up the connection
+            clock = []
+            for _ in range(repeats):
+                dist.barrier()
+                t0 = time.perf_counter()
+                dist.all_reduce(t)
+                clock.append(time.perf_counter() - t0)
+            times[n] = float(np.median(clock))
+        if rank == 0:
+            torch.save({"grads": grads, "times": times}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def all_reduce_demo(images: torch.Tensor, world_size: int = 2, sizes: tuple[int, ...] = (10**3, 10**4, 10**5, 10**6,
+                    10**7), repeats: int = 5) -> dict:
+    """Average gradients over ``world_size`` CPU processes with all-reduce and time all-reduces of ``sizes`` floats.
+
+    Each process (gloo, 127.0.0.1) computes the gradient of the same small autoencoder (no batch
+    norm) on its slice of ``images`` (uint8, N x C x H x W); all-reduce sums them and each process
+    divides by ``world_size``. Returns ``max_difference`` between that average and the gradient of
+    the whole batch computed in one process, ``parameters``, and ``seconds`` (median per all-reduce,
+    by size).
+    """
+    import torch.multiprocessing as mp
+    from ..models import ConvAutoencoder
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[0] % world_size:
+        raise CourseError(f"all_reduce_demo takes uint8 images (N, C, H, W) with N a multiple of world_size="
+                          f"{world_size}; got {images.dtype} {tuple(images.shape)}.")
+    with tempfile.TemporaryDirectory() as folder:
+        out = str(Path(folder) / "demo.pt")
+        mp.spawn(_demo_worker, args=(world_size, free_port(), images, list(sizes), repeats, out), nprocs=world_size)
+        result = torch.load(out, weights_only=True)
+    torch.manual_seed(0)
+    model = ConvAutoencoder(images.shape[-1], images.shape[1], (16, 32), latent=32)
+    x = images.float() / 255
+    torch.nn.functional.mse_loss(model(x), x).backward()
+    whole = torch.cat([p.grad.flatten() for p in model.parameters()])
+    return {"max_difference": float((result["grads"] - whole).abs().max()),
+            "largest_gradient": float(whole.abs().max()), "parameters": whole.numel(),
+            "seconds": {int(n): s for n, s in result["times"].items()}}
+
+
+# --------------------------------------------------------------------------- effective batch and learning rate
+def scaled_lr(lr: float, batch_size: int, new_batch_size: int, rule: str = "linear") -> float:
+    """Return the learning rate for ``new_batch_size`` given ``lr`` tuned at ``batch_size``.
+
+    ``"linear"``: multiply by the batch ratio (Goyal et al. 2017, for SGD with momentum, with a
+    warm-up); ``"sqrt"``: by its square root (Malladi et al. 2022, for Adam and RMSprop).
+    """
+    if batch_size <= 0 or new_batch_size <= 0 or lr <= 0:
+        raise CourseError(f"lr and batch sizes must be positive, got lr={lr}, {batch_size} and {new_batch_size}.")
+    ratio = new_batch_size / batch_size
+    if rule == "linear":
+        return lr * ratio
+    if rule == "sqrt":
+        return lr * math.sqrt(ratio)
+    raise CourseError(f"Unknown scaling rule {rule!r}; choose 'linear' (SGD) or 'sqrt' (Adam).")

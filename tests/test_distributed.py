@@ -1,0 +1,265 @@
+"""Data-parallel training through `fit` on the CPU: 2 gloo processes launched by torchrun on 127.0.0.1.
+
+* 2 processes on a global batch B end with the parameters of 1 process on the same batch B and
+  images, within torch.testing.assert_close's float32 tolerance (rtol 1.3e-6, atol 1e-5), the
+  default of the ``assertEqual`` that PyTorch's own DDP tests compare DDP with a local model by;
+* a 2-process run killed mid-epoch (SIGKILL of one rank) resumes from rank 0's checkpoint to the
+  uninterrupted run's loss curve, on every rank;
+* a rank that raises ends the whole run with that rank's error, in seconds, and a run that hangs
+  is stopped at its timeout.
+
+Every run is tiny (256 Fashion-MNIST images, a model without batch norm, one thread per process),
+so the file runs in seconds on a 2-core machine. Select with ``-m distributed``.
+"""
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+
+import pytest
+import torch
+
+import course_utils as cu
+from course_utils import training
+from course_utils.chapters import ch10_distributed as ch10
+from course_utils.engine import DataParallel
+
+pytestmark = pytest.mark.distributed
+
+IMAGES, BATCH, STEPS_PER_EPOCH, EPOCHS = 256, 32, 256 // 32, 2
+# One script for every launch: `mode` says what it does. It trains the same tiny model with the
+# same settings each time; an identity input_transform counts steps so that rank 1 can fail on cue.
+CHILD = textwrap.dedent("""
+    import json, os, signal, sys, torch, course_utils as cu
+    torch.set_num_threads(1)
+    pack, out, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    data = cu.read_pack(pack)
+    rank = int(os.environ["RANK"])
+
+    def run(checkpoint=None, fail_at=None, how=None, stop=None):
+        torch.manual_seed(0)
+        model = cu.ConvAutoencoder(28, 1, (8, 16), latent=16)
+        steps = [0]
+
+        def count(x):
+            steps[0] += 1
+            if rank == 1 and steps[0] == fail_at:
+                if how == "kill":
+                    os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
+                raise ValueError(f"rank 1 failed on purpose at step {fail_at}")
+            return x
+
+        history = cu.fit(model, data, epochs=%(epochs)d, batch_size=%(batch)d, lr=3e-3, amp=False, seed=3,
+                         checkpoint=checkpoint, checkpoint_every=2, resume=True, progress=rank == 0 and mode == "cli",
+                         input_transform=count, stop_after_steps=stop)
+        return {"step_losses": history.step_losses, "train_loss": history["train_loss"],
+                "params": {k: v.tolist() for k, v in model.state_dict().items()}}
+
+    if mode == "equal":
+        result = run(stop=int(sys.argv[4]))
+    elif mode == "kill":
+        result = run(checkpoint=sys.argv[4], fail_at=int(sys.argv[5]), how="kill")
+    elif mode == "raise":
+        result = run(fail_at=3, how="raise")
+    else:  # resume the killed run, then an uninterrupted run from scratch for reference
+        result = {"resumed": run(checkpoint=sys.argv[4]), "reference": run(checkpoint=sys.argv[5])}
+    json.dump(result, open(f"{out}.rank{rank}.json", "w"))
+""") % {"epochs": EPOCHS, "batch": BATCH}
+
+
+@pytest.fixture
+def launch(tmp_path, fashion_test):
+    """Return a function that runs CHILD on 2 processes with torchrun and returns each rank's result."""
+    part = fashion_test.subset(IMAGES, seed=5)
+    pack = cu.write_pack(tmp_path / "part.npz", part.images.permute(0, 2, 3, 1).numpy(), part.labels.numpy(),
+                         part.classes)
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+
+    def run(mode: str, *args, timeout_s: float = 300) -> list[dict]:
+        out = tmp_path / mode
+        ch10.run_torchrun([pack, out, mode, *args], 2, module=None, script=script, threads_per_process=1,
+                          timeout_s=timeout_s, echo=False)
+        return [json.loads((tmp_path / f"{mode}.rank{r}.json").read_text()) for r in range(2)]
+
+    run.pack, run.data = pack, cu.read_pack(pack)
+    return run
+
+
+def _one_process(data: cu.ImageData, steps: int, seed: int = 3) -> tuple[dict, list[float]]:
+    """Train CHILD's model alone (in this process, one thread) for ``steps`` steps; return (state, step losses)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = cu.ConvAutoencoder(28, 1, (8, 16), latent=16)
+        history = cu.fit(model, data, epochs=EPOCHS, batch_size=BATCH, lr=3e-3, amp=False, seed=seed,
+                         progress=False, stop_after_steps=steps, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    return {k: v.detach() for k, v in model.state_dict().items()}, history.step_losses
+
+
+def _params(result: dict) -> dict:
+    return {k: torch.tensor(v) for k, v in result["params"].items()}
+
+
+def test_two_processes_match_one_process_on_the_same_global_batch(launch):
+    k = 6
+    ranks = launch("equal", k)
+    alone, alone_losses = _one_process(launch.data, k)
+    for rank in ranks:  # both ranks hold the same model ...
+        for name, value in _params(rank).items():
+            # ... and it is the one-process model: PyTorch's float32 tolerance (rtol 1.3e-6, atol 1e-5)
+            torch.testing.assert_close(value, alone[name], msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(torch.tensor(rank["step_losses"]), torch.tensor(alone_losses))
+    assert len(alone_losses) == k
+    # The check can fail: the same steps on other batches (another shuffle seed) end far outside the tolerance.
+    other, _ = _one_process(launch.data, k, seed=4)
+    moved = max(float((other[n] - alone[n]).abs().max()) for n in alone)
+    assert moved > 100 * 1e-5, moved
+
+
+def test_a_killed_run_resumes_from_rank_0s_checkpoint_to_the_same_loss_curve(launch, tmp_path):
+    ckpt, kill_at = tmp_path / "run.pt", STEPS_PER_EPOCH + 5  # rank 1 dies in the middle of epoch 2
+    with pytest.raises(cu.CourseError, match=r"rank 1 was killed by signal SIGKILL"):
+        launch("kill", ckpt, kill_at)
+    state = torch.load(ckpt, weights_only=True)  # rank 0's last checkpoint, never half-written
+    assert STEPS_PER_EPOCH < state["step"] < kill_at and state["batch"] > 0  # saved mid-epoch
+    assert len(state["rank_rng"]) == 2 and len(state["history"]["step_losses"]) == state["step"]
+
+    ranks = launch("resume", ckpt, tmp_path / "reference.pt")
+    for rank in ranks:
+        resumed, reference = rank["resumed"], rank["reference"]
+        assert len(resumed["step_losses"]) == EPOCHS * STEPS_PER_EPOCH
+        # Same batches, same optimizer, schedule and RNG state, one thread per process: bit for bit.
+        assert resumed["step_losses"] == reference["step_losses"]
+        assert resumed["train_loss"] == reference["train_loss"]
+        assert resumed["params"] == reference["params"]
+    assert ranks[0]["resumed"]["params"] == ranks[1]["resumed"]["params"]  # every rank resumed, not only rank 0
+
+
+def test_a_rank_that_raises_ends_the_whole_run_with_its_error(launch):
+    # Rank 0 is left waiting in an all-reduce for rank 1's gradients; torchrun stops it, and the
+    # error is rank 1's, long before the timeout (a hang would end in the timeout's message instead).
+    with pytest.raises(cu.CourseError, match=r"rank 1 raised ValueError: rank 1 failed on purpose at step 3"):
+        launch("raise")
+
+
+def test_a_run_that_hangs_is_stopped_at_its_timeout(tmp_path):
+    script = tmp_path / "hang.py"
+    script.write_text("import os, time\nif os.environ['RANK'] == '1':\n    time.sleep(600)\n")
+    t0 = time.monotonic()
+    with pytest.raises(cu.CourseError, match=r"did not finish within 5 s and was stopped"):
+        ch10.run_torchrun([], 2, module=None, script=script, timeout_s=5, echo=False)
+    assert time.monotonic() - t0 < 60  # every process of the run was killed, so nothing kept the pipe open
+
+
+def test_the_script_trains_through_a_sharded_dataloader_like_one_process(launch, tmp_path):
+    report = tmp_path / "report.json"
+    args = ["--dataset", launch.pack, "--model", "plain", "--latent", "16", "--epochs", "1", "--batch-size", "32",
+            "--amp", "none", "--loader", "dataloader", "--workers", "1", "--report", report]
+    output = ch10.run_torchrun(args, 2, threads_per_process=1, echo=False)
+    assert sum("plain x2 process(es)" in line for line in output.splitlines()) == 1  # one progress bar: rank 0's
+    result = json.loads(report.read_text())
+    assert (result["processes"], result["backend"], result["batch_per_process"]) == (2, "gloo", 16)
+    assert len(result["step_losses"]) == IMAGES // 32
+
+    from course_utils.train import build_model
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # the same run alone: the DistributedSampler of 1 replica draws the same global batches
+        cu.seed_everything(0)
+        model = build_model("plain", (1, 28, 28), 16, "flat")
+        alone = cu.fit(model, ch10.sharded_loader(launch.data, 32, workers=0, device="cpu"), epochs=1, batch_size=32,
+                       amp=False, device="cpu", progress=False, **{k: v for k, v in cu.RECOMMENDED_TRAINING.items()
+                                                                    if k != "batch_size"})
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(torch.tensor(result["step_losses"]), torch.tensor(alone.step_losses))
+
+
+# --------------------------------------------------------------------------- learner errors, no processes needed
+TWO = DataParallel(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), backend="gloo")
+
+
+def test_a_global_batch_that_does_not_split_evenly_says_which_to_use(launch):
+    with pytest.raises(cu.CourseError, match=r"batch_size=33 is the global batch.*of 2: use e.g. batch_size=32"):
+        training._Batches(launch.data, 33, torch.device("cpu"), (0.0, 1.0), 0, False, TWO)
+
+
+def test_a_dataloader_without_a_distributed_sampler_is_refused_under_torchrun(launch):
+    loader = torch.utils.data.DataLoader(ch10.UInt8Images(launch.data), batch_size=16)
+    with pytest.raises(cu.CourseError, match=r"must read its own share.*DistributedSampler"):
+        training._Batches(loader, 32, torch.device("cpu"), (0.0, 1.0), 0, False, TWO)
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    from course_utils import engine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(cu.CourseError, match=r"needs GPU 1, but this machine has 1 GPU.*--nproc-per-node=1"):
+        engine.rank_device("cuda", 1)
+
+
+def test_sync_batchnorm_on_the_cpu_and_data_parallel_alone_are_refused(monkeypatch):
+    from course_utils import engine
+    model = cu.recommended_autoencoder((1, 28, 28), 16)
+    with pytest.raises(cu.CourseError, match=r"data_parallel=True needs a run of several processes"):
+        cu.TrainStep(model, device="cpu", data_parallel=True)
+    monkeypatch.setattr(engine, "_process_group_size", lambda: 2)
+    with pytest.raises(cu.CourseError, match=r"sync_batchnorm=True needs CUDA GPUs"):
+        cu.TrainStep(model, device="cpu", sync_batchnorm=True)
+
+
+def test_failure_lines_name_the_rank_and_its_error():
+    report = textwrap.dedent("""
+        [rank0]: RuntimeError: Connection closed by peer
+        [rank1]: Traceback (most recent call last):
+        [rank1]:   File "child.py", line 18, in count
+        [rank1]: ValueError: bad input on rank 1
+        Root Cause (first observed failure):
+        [0]:
+          rank      : 1 (local_rank: 1)
+          exitcode  : 1 (pid: 42)
+          traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
+    """)
+    assert "rank 1 raised ValueError: bad input on rank 1" in ch10._failure(report, 1, 2)
+    recorded = ("Root Cause (first observed failure):\n  rank      : 0 (local_rank: 0)\n  traceback : Traceback "
+                "(most recent call last):\n    File ...\n  course_utils.errors.CourseError: batch_size=33 is ...\n")
+    assert "rank 0 raised course_utils.errors.CourseError: batch_size=33" in ch10._failure(recorded, 1, 2)
+    killed = "Root Cause (first observed failure):\n  rank      : 0 (local_rank: 0)\n  exitcode  : -9 (pid: 7)\n" \
+             "  traceback : Signal 9 (SIGKILL) received by PID 7\n"
+    assert "rank 0 was killed by signal SIGKILL" in ch10._failure(killed, 1, 2)
+
+
+def test_one_process_trains_on_uint8_batches_from_a_memory_mapped_array(tmp_path, launch):
+    import numpy as np
+    path = tmp_path / "images.npy"
+    np.save(path, launch.data.images.permute(0, 2, 3, 1).numpy())  # the pack layout, N x H x W x C
+    images = np.load(path, mmap_mode="r")  # read from disk image by image, never all in memory
+    loader = ch10.sharded_loader(images, 32, workers=0, device="cpu")
+    first = next(iter(loader))
+    assert first.dtype == torch.uint8 and first.shape == (32, 1, 28, 28)
+    torch.manual_seed(0)
+    model = cu.ConvAutoencoder(28, 1, (8, 16), latent=16)
+    history = cu.fit(model, loader, epochs=2, batch_size=32, amp=False, device="cpu", progress=False)
+    assert loader.sampler.epoch == 1  # fit called set_epoch: a new order each epoch
+    assert history["train_loss"][1] < history["train_loss"][0]
+
+
+def test_scaled_lr_follows_the_two_rules():
+    assert ch10.scaled_lr(0.1, 256, 8192) == pytest.approx(3.2)  # Goyal et al.: 0.1 per 256 images, x32
+    assert ch10.scaled_lr(1e-3, 32, 128, "sqrt") == pytest.approx(2e-3)
+    with pytest.raises(cu.CourseError, match="Unknown scaling rule"):
+        ch10.scaled_lr(1e-3, 32, 64, "cubic")
+
+
+def test_the_script_runs_alone_without_torchrun(launch, tmp_path):
+    from course_utils import train
+    report = train.main(["--dataset", str(launch.pack), "--model", "plain", "--latent", "16", "--epochs", "1",
+                         "--train-images", "128", "--quiet", "--report", str(tmp_path / "alone.json")])
+    assert (report["processes"], report["backend"], report["images"]) == (1, None, 128)
+    assert json.loads((tmp_path / "alone.json").read_text())["step_losses"] == report["step_losses"]
+    with pytest.raises(cu.CourseError, match="--test scores on a named dataset"):
+        train.main(["--dataset", str(launch.pack), "--test"])
