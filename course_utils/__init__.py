@@ -8,9 +8,9 @@ Core modules, by role (each imports only the ones above it):
 - ``data``: datasets as uint8 tensors (packs, system copies, downloads), your own pictures, batches.
 - ``models``: encoder and decoder blocks, bottlenecks, `ConvAutoencoder`, the recommended recipe, a classifier.
 - ``replicas``: exact replicas of the seed tutorials' models (and UvA tutorial 9's), each with ``encode``.
-- ``engine``: the training step, written once (`TrainStep`), `eval_mode` and the device choices.
+- ``engine``: the training step, written once (`TrainStep`), `eval_mode`, the device choices, data parallelism.
 - ``metrics``: MSE, PSNR and SSIM over a split, reconstructions, codes, accuracy, the PCA baseline.
-- ``training``: `fit` (resumable), `fit_classifier`, `History`, checkpoints.
+- ``training``: `fit` (resumable, data-parallel under torchrun), `fit_classifier`, `History`, checkpoints.
 - ``pretrained``: reference models trained to convergence, shipped and hash-checked (`load_or_train`).
 - ``layers``: look inside a network: layer tables, receptive fields, feature maps, FLOPs.
 - ``timing``: honest speed measurements (timed blocks, medians, turns) and FLOP/s.
@@ -25,6 +25,7 @@ Chapter-only helpers, one module per chapter (``course_utils.chapters``):
 - ``ch05_fast_training``: the seed tutorials' loop, the improvement ladder, GPU memory by batch size.
 - ``ch06_denoising``: corruptions for ``fit(input_transform=...)``, classical filters, scores per noise level.
 - ``ch07_anomaly_detection``: one-class splits, PCA and autoencoder anomaly scores, ROC-AUC, thresholds, OOD inputs.
+- ``ch10_distributed``: launching ``python -m course_utils.train`` with torchrun, a sharded DataLoader, all-reduce.
 
 Everything in ``__all__`` is reachable as ``cu.<name>``; the rest by module path
 (e.g. ``cu.data.pack_path``).
@@ -43,7 +44,7 @@ from .models import (RECOMMENDED_TRAINING, ConvAutoencoder, ConvClassifier, Conv
                      transposed_padding)
 from .replicas import (AnothertechsAutoencoder, GeeksforGeeksAutoencoder, KapilshAutoencoder,
                        PaperspaceAutoencoder, UvATutorial9Autoencoder)
-from .engine import TrainStep, cpu_has_native_bf16, eval_mode, resolve_amp
+from .engine import TrainStep, cpu_has_native_bf16, eval_mode, join_data_parallel, resolve_amp
 from .metrics import (accuracy, embed_images, evaluate, pca_baseline, pca_parameters, per_image_errors,
                       psnr_from_mse, reconstruct)
 from .training import History, fit, fit_classifier, fit_with_batch_fallback, load_checkpoint, save_checkpoint
@@ -72,6 +73,8 @@ from .chapters.ch07_anomaly_detection import (OneClassRun, anomaly_labels, auc_t
                                               pca_errors, plot_auc_table, plot_error_histograms, plot_roc_curves,
                                               rates_table, roc_auc, show_extremes, threshold_at, threshold_rates,
                                               train_one_class)
+from .chapters.ch10_distributed import (UInt8Images, all_reduce_demo, run_torchrun, scaled_lr, sharded_loader,
+                                        torchrun_train)
 
 __all__ = [
     # errors
@@ -90,7 +93,7 @@ __all__ = [
     "AnothertechsAutoencoder", "GeeksforGeeksAutoencoder", "KapilshAutoencoder", "PaperspaceAutoencoder",
     "UvATutorial9Autoencoder",
     # engine
-    "TrainStep", "cpu_has_native_bf16", "eval_mode", "resolve_amp",
+    "TrainStep", "cpu_has_native_bf16", "eval_mode", "join_data_parallel", "resolve_amp",
     # metrics
     "accuracy", "embed_images", "evaluate", "pca_baseline", "pca_parameters", "per_image_errors", "psnr_from_mse",
     "reconstruct",
@@ -126,4 +129,6 @@ __all__ = [
     "one_class_runs", "ood_inputs", "ood_table", "pca_errors", "plot_auc_table", "plot_error_histograms",
     "plot_roc_curves", "rates_table", "roc_auc", "show_extremes", "threshold_at", "threshold_rates",
     "train_one_class",
+    # chapter 10: beyond one device
+    "UInt8Images", "all_reduce_demo", "run_torchrun", "scaled_lr", "sharded_loader", "torchrun_train",
 ]
