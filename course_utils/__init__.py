@@ -25,6 +25,7 @@ Chapter-only helpers, one module per chapter (``course_utils.chapters``):
 - ``ch05_fast_training``: the seed tutorials' loop, the improvement ladder, GPU memory by batch size.
 - ``ch06_denoising``: corruptions for ``fit(input_transform=...)``, classical filters, scores per noise level.
 - ``ch07_anomaly_detection``: one-class splits, PCA and autoencoder anomaly scores, ROC-AUC, thresholds, OOD inputs.
+- ``ch08_latent_space``: 2-D maps of codes, retrieval and precision@k, linear probes, interpolation, random codes.
 - ``ch10_distributed``: launching ``python -m course_utils.train`` with torchrun, a sharded DataLoader, all-reduce.
 
 Everything in ``__all__`` is reachable as ``cu.<name>``; the rest by module path
@@ -67,12 +68,15 @@ from .chapters.ch05_fast_training import (fit_tutorial_style, improvement_ladder
 from .chapters.ch06_denoising import (Cutout, GaussianNoise, SaltAndPepper, beats_best_filter,
                                       choose_filter_parameter, corrupt, cross_sigma_table, denoising_frame,
                                       denoising_scores, gaussian_blur, image_scores, median_filter, per_image_psnr,
-                                      plot_psnr_vs_sigma, show_worst_cases)
+                                      plot_filter_tuning, plot_psnr_vs_sigma, restoration_scores, show_worst_cases)
 from .chapters.ch07_anomaly_detection import (OneClassRun, anomaly_labels, auc_table, cifar_classes, digits_images,
                                               fit_pca, one_class, one_class_runs, ood_inputs, ood_table,
                                               pca_errors, plot_auc_table, plot_error_histograms, plot_roc_curves,
                                               rates_table, roc_auc, show_extremes, threshold_at, threshold_rates,
                                               train_one_class)
+from .chapters.ch08_latent_space import (decode_codes, embed_2d, interpolate, interpolation_strips, linear_probe,
+                                         nearest_image_mse, nearest_neighbours, odd_images, plot_2d_maps,
+                                         precision_at_k, probe_features, sample_codes, show_rows)
 from .chapters.ch10_distributed import (UInt8Images, all_reduce_demo, run_torchrun, scaled_lr, sharded_loader,
                                         torchrun_train)
 
@@ -123,12 +127,16 @@ __all__ = [
     # chapter 06: denoising autoencoders
     "Cutout", "GaussianNoise", "SaltAndPepper", "beats_best_filter", "choose_filter_parameter", "corrupt",
     "cross_sigma_table", "denoising_frame", "denoising_scores", "gaussian_blur", "image_scores", "median_filter",
-    "per_image_psnr", "plot_psnr_vs_sigma", "show_worst_cases",
+    "per_image_psnr", "plot_filter_tuning", "plot_psnr_vs_sigma", "restoration_scores", "show_worst_cases",
     # chapter 07: anomaly detection
     "OneClassRun", "anomaly_labels", "auc_table", "cifar_classes", "digits_images", "fit_pca", "one_class",
     "one_class_runs", "ood_inputs", "ood_table", "pca_errors", "plot_auc_table", "plot_error_histograms",
     "plot_roc_curves", "rates_table", "roc_auc", "show_extremes", "threshold_at", "threshold_rates",
     "train_one_class",
+    # chapter 08: the latent space
+    "decode_codes", "embed_2d", "interpolate", "interpolation_strips", "linear_probe", "nearest_image_mse",
+    "nearest_neighbours", "odd_images", "plot_2d_maps", "precision_at_k", "probe_features", "sample_codes",
+    "show_rows",
     # chapter 10: beyond one device
     "UInt8Images", "all_reduce_demo", "run_torchrun", "scaled_lr", "sharded_loader", "torchrun_train",
 ]

@@ -1,0 +1,259 @@
+"""Chapter 08 (the latent space): retrieval, probes, interpolation, random codes and odd inputs, on constructed data."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+
+import course_utils as cu
+from course_utils.chapters import ch08_latent_space as ch08
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "08_latent_space.ipynb"
+
+
+def _tiny_model(seed: int = 0, channels: int = 3, size: int = 32) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return cu.recommended_autoencoder((channels, size, size), (size // 4) ** 2, "spatial").eval()  # 1 x h x w code
+
+
+def _images(n: int, channels: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, channels, size, size), generator=torch.Generator().manual_seed(seed),
+                         dtype=torch.uint8)
+
+
+# --------------------------------------------------------------------------- retrieval
+def test_precision_at_k_counts_same_label_neighbours_on_a_constructed_example():
+    points = np.array([[0.], [1.], [2.], [10.], [11.], [12.]])  # two clusters of three on a line
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    assert ch08.precision_at_k(points, labels, k=2) == 1.0  # both neighbours are in the cluster
+    assert ch08.precision_at_k(points, labels, k=3) == pytest.approx(2 / 3)  # the third is across the gap
+    # Relabel point 2: points 0 and 1 keep one of two, point 2 keeps none, the far cluster keeps all.
+    assert ch08.precision_at_k(points, np.array([0, 0, 1, 1, 1, 1]), k=2) == pytest.approx(4 / 6)
+
+
+def test_nearest_neighbours_never_return_the_query_even_with_duplicates():
+    points = np.array([[0., 0.], [0., 0.], [0., 0.], [5., 5.], [0.1, 0.]])
+    found = ch08.nearest_neighbours(points, [0, 1, 3], k=3)
+    assert found.shape == (3, 3)
+    for query, row in zip([0, 1, 3], found):
+        assert query not in row and len(set(row)) == 3
+    assert set(found[0]) == {1, 2, 4}  # the two duplicates first, then the close point
+    assert found[2][0] == 4  # 7.00 away, the duplicates 7.07
+
+
+def test_pixel_neighbours_of_real_clothes_share_their_class_far_above_chance(fashion_test):
+    test = fashion_test.subset(1000, seed=0)
+    precision = ch08.precision_at_k(ch08.flat_pixels(test), test.labels.numpy(), k=10)
+    assert 0.5 < precision < 1.0  # chance is 0.1 for ten balanced classes
+
+
+@pytest.mark.parametrize("k", [0, 6])
+def test_precision_at_k_refuses_impossible_k(k):
+    with pytest.raises(cu.CourseError, match="k must be between 1 and"):
+        ch08.precision_at_k(np.zeros((6, 2)), np.zeros(6), k=k)
+
+
+def test_precision_at_k_wants_one_row_per_label():
+    with pytest.raises(cu.CourseError, match="one feature row per label"):
+        ch08.precision_at_k(np.zeros((6, 2)), np.zeros(5), k=2)
+
+
+# --------------------------------------------------------------------------- features and the probe
+def test_linear_probe_separates_separable_data_and_not_random_labels():
+    rng = np.random.default_rng(0)
+
+    def blobs(n):
+        y = rng.integers(0, 3, n)
+        centres = np.array([[6., 0., 0., 0.], [0., 6., 0., 0.], [0., 0., 6., 0.]])
+        return centres[y] + rng.normal(size=(n, 4)), y
+
+    train, val, test = blobs(300), blobs(100), blobs(200)
+    result = ch08.linear_probe(train, val, test, cs=(0.01, 1.0))
+    assert result["test accuracy"] == 1.0 and result["val accuracy"] == 1.0
+    assert result["C"] in (0.01, 1.0) and result["features"] == 4
+    noise = ch08.linear_probe((train[0], rng.integers(0, 3, 300)), (val[0], rng.integers(0, 3, 100)),
+                              (test[0], rng.integers(0, 3, 200)))
+    assert noise["test accuracy"] < 0.5  # chance is 1/3: a probe cannot find labels that are not there
+
+
+def test_linear_probe_keeps_the_regularisation_best_on_validation():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 50))
+    y = (x[:, 0] + 0.5 * rng.normal(size=400) > 0).astype(int)  # one informative feature among 50
+    splits = (x[:200], y[:200]), (x[200:300], y[200:300]), (x[300:], y[300:])
+    alone = {c: ch08.linear_probe(*splits, cs=(c,)) for c in (1e-5, 1e-2, 1.0)}
+    chosen = ch08.linear_probe(*splits, cs=tuple(alone))
+    best = max(alone, key=lambda c: alone[c]["val accuracy"])
+    assert chosen["C"] == best and chosen["test accuracy"] == alone[best]["test accuracy"]
+    assert alone[1e-5]["val accuracy"] < alone[best]["val accuracy"]  # shrunk to nothing, it predicts one class
+    assert chosen["test accuracy"] > 0.75 and chosen["converged"]
+
+
+def test_feature_sets_give_codes_pca_of_the_same_size_and_pixels():
+    model = _tiny_model()
+    classes = [str(i) for i in range(10)]
+    train, val, test = (cu.ImageData(_images(n, seed=n), torch.arange(n) % 10, classes) for n in (100, 10, 12))
+    sets = ch08.probe_features(model, train, val, test)
+    assert list(sets) == ["codes", "PCA", "pixels"]
+    for (a, b, c), width in zip(sets.values(), (64, 64, 3072)):
+        assert a.shape == (100, width) and b.shape == (10, width) and c.shape == (12, width)
+        assert a.shape[1] == b.shape[1] == c.shape[1]
+    np.testing.assert_allclose(sets["codes"][2], cu.embed_images(model, test).numpy())
+    pca = cu.fit_pca(train, 64)  # fit on the training split only, projected onto its 64 axes
+    np.testing.assert_allclose(sets["PCA"][2], pca.transform(ch08.flat_pixels(test)), rtol=1e-4, atol=1e-4)
+    assert sets["PCA"][0].var(0)[0] >= sets["PCA"][0].var(0)[-1]
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne"])
+def test_2d_maps_have_one_point_per_image_and_keep_clusters_apart(method):
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 40)
+    features = rng.normal(size=(80, 20)) + 20 * labels[:, None]
+    points = ch08.embed_2d(features, method)
+    assert points.shape == (80, 2)
+    assert ch08.precision_at_k(points, labels, k=5) == 1.0
+
+
+def test_2d_map_refuses_unknown_methods():
+    with pytest.raises(cu.CourseError, match="'pca' or 'tsne'"):
+        ch08.embed_2d(np.zeros((20, 3)), "umap")
+
+
+def test_tsne_points_follow_the_profile_and_stay_bounded():
+    assert ch08.tsne_points(cu.PROFILES["smoke"]) == 512
+    assert ch08.tsne_points(cu.PROFILES["laptop"]) == 2000
+    assert ch08.tsne_points(cu.PROFILES["gpu"]) == ch08.TSNE_POINTS
+
+
+# --------------------------------------------------------------------------- interpolation and random codes
+def test_interpolation_endpoints_equal_the_inputs_and_steps_are_even():
+    a, b = torch.rand(3, 8, 8), torch.rand(3, 8, 8)
+    strip = ch08.interpolate(a, b, 8)
+    assert strip.shape == (8, 3, 8, 8)
+    assert torch.equal(strip[0], a) and torch.equal(strip[-1], b)
+    torch.testing.assert_close(strip[1] - strip[0], (b - a) / 7)
+    torch.testing.assert_close(strip[4] - strip[3], (b - a) / 7)
+
+
+def test_interpolation_refuses_one_step_and_mismatched_shapes():
+    with pytest.raises(cu.CourseError, match="at least 2 steps"):
+        ch08.interpolate(torch.zeros(3), torch.ones(3), 1)
+    with pytest.raises(cu.CourseError, match="one shape"):
+        ch08.interpolate(torch.zeros(3), torch.ones(4), 8)
+
+
+def test_code_space_strip_starts_and_ends_at_the_reconstructions():
+    model = _tiny_model()
+    a, b = _images(2)
+    strips = ch08.interpolation_strips(model, a, b, 8)
+    assert strips["pixel space"].shape == strips["code space"].shape == (8, 3, 32, 32)
+    assert torch.equal(strips["pixel space"][0], cu.to_float(a))
+    assert torch.equal(strips["pixel space"][-1], cu.to_float(b))
+    recon = cu.reconstruct(model, torch.stack([a, b]))
+    torch.testing.assert_close(strips["code space"][0], recon[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(strips["code space"][-1], recon[1], atol=1e-5, rtol=0)
+
+
+def test_decode_codes_inverts_embed_images_through_the_decoder_and_checks_the_size():
+    model = _tiny_model(channels=1, size=28)
+    images = _images(5, channels=1, size=28)
+    codes = cu.embed_images(model, images)
+    torch.testing.assert_close(ch08.decode_codes(model, codes, (1, 28, 28)), cu.reconstruct(model, images),
+                               atol=1e-5, rtol=0)
+    with pytest.raises(cu.CourseError, match="codes have"):
+        ch08.decode_codes(model, codes[:, :-1], (1, 28, 28))
+
+
+def test_sampled_codes_have_the_fitted_mean_and_covariance_or_unit_ones():
+    rng = torch.Generator().manual_seed(0)
+    mix = torch.tensor([[2.0, 0.0, 0.0], [1.5, 0.5, 0.0], [0.0, 0.0, 0.1]])
+    codes = torch.randn(4000, 3, generator=rng) @ mix.T + torch.tensor([5.0, -3.0, 1.0])
+    samples = ch08.sample_codes(codes, 20000, "fitted", seed=1)
+    torch.testing.assert_close(samples.mean(0), codes.mean(0), atol=0.05, rtol=0)
+    torch.testing.assert_close(torch.cov(samples.T), torch.cov(codes.T), atol=0.1, rtol=0.05)
+    standard = ch08.sample_codes(codes, 20000, "standard", seed=1)
+    assert standard.shape == (20000, 3)
+    torch.testing.assert_close(torch.cov(standard.T), torch.eye(3), atol=0.05, rtol=0)
+    assert torch.equal(ch08.sample_codes(codes, 4, seed=3), ch08.sample_codes(codes, 4, seed=3))
+    with pytest.raises(cu.CourseError, match="'fitted' or 'standard'"):
+        ch08.sample_codes(codes, 4, "uniform")
+
+
+def test_nearest_image_mse_is_zero_for_bank_members_and_the_closest_distance_otherwise():
+    bank = _images(50)
+    assert torch.equal(ch08.nearest_image_mse(bank[[3, 17]], bank, chunk=7), torch.zeros(2))
+    moved = (cu.to_float(bank[5]) + 0.01).unsqueeze(0)  # every value up by 0.01: MSE 1e-4 to image 5
+    torch.testing.assert_close(ch08.nearest_image_mse(moved, bank), torch.tensor([1e-4]), atol=2e-6, rtol=0)
+    others = _images(4, seed=9)
+    brute = torch.stack([(cu.to_float(bank) - cu.to_float(x)).pow(2).flatten(1).mean(1).min() for x in others])
+    torch.testing.assert_close(ch08.nearest_image_mse(others, bank, chunk=16), brute)
+    with pytest.raises(cu.CourseError, match="cannot be compared"):
+        ch08.nearest_image_mse(_images(2, channels=1, size=28), bank)
+
+
+# --------------------------------------------------------------------------- odd inputs
+@pytest.mark.parametrize("channels,size", [(3, 32), (1, 28)])
+def test_odd_images_have_the_data_shape_and_are_what_they_say(channels, size):
+    images = ch08.odd_images(size, channels)
+    assert list(images) == ["uniform noise", "one colour channel", "checkerboard", "colour gradient"]
+    for image in images.values():
+        assert image.shape == (channels, size, size) and image.dtype == torch.uint8
+    board = images["checkerboard"].float() / 255
+    assert set(board.unique().tolist()) == {0.0, 1.0} and board.mean() == 0.5
+    assert (board[:, :, 1:] != board[:, :, :-1]).sum() == channels * size * 3  # 3 edges per row
+    ramp = images["colour gradient"].float()
+    assert (ramp[0, :, 1:] > ramp[0, :, :-1]).all()  # grows to the right: red (or the grey diagonal)
+    assert (ramp[min(1, channels - 1), 1:] > ramp[min(1, channels - 1), :-1]).all()  # and downwards: green
+    assert ramp.min() == 0 and ramp.max() == 255
+    assert images["one colour channel"][0].eq(255).all()
+    noise = images["uniform noise"].float() / 255
+    assert 0.4 < noise.mean() < 0.6 and noise.std() > 0.25
+    with pytest.raises(cu.CourseError, match="at least 4 pixels"):
+        ch08.odd_images(2)
+
+
+# --------------------------------------------------------------------------- the chapter's models and figures
+def test_chapter_model_trains_the_recommended_model_when_no_reference_is_installed(monkeypatch):
+    monkeypatch.setattr(cu, "has_pretrained", lambda name: False, raising=False)
+    data = cu.ImageData(_images(64, channels=1, size=28), torch.zeros(64, dtype=torch.int64), ["a"])
+    model, how = ch08.chapter_model("fashion-mnist", data, cu.PROFILES["smoke"], device="cpu")
+    assert "no reference model 'fashion-mnist-196' installed, so trained" in how
+    assert model.code_size == 196 and not model.training
+
+
+def test_chapter_model_loads_the_reference_when_one_is_installed(monkeypatch):
+    reference = _tiny_model()
+    monkeypatch.setattr(cu, "has_pretrained", lambda name: name == "cifar10-256", raising=False)
+    monkeypatch.setattr(cu, "load_pretrained", lambda name: reference, raising=False)
+    monkeypatch.setattr(cu, "pretrained_info", lambda name: {"epochs": 40, "test_mse": 0.002}, raising=False)
+    model, how = ch08.chapter_model("cifar10", None, cu.PROFILES["smoke"])
+    assert model is reference
+    assert how == "cifar10: loaded the reference model 'cifar10-256' (epochs 40, test_mse 0.002)"
+    with pytest.raises(cu.CourseError, match="fashion-mnist, cifar10"):
+        ch08.chapter_model("stl10", None, cu.PROFILES["smoke"])
+
+
+def test_figures_label_their_rows_and_axes():
+    fig = ch08.show_rows({"query and neighbours": _images(9), "other": _images(4)})
+    assert [ax.get_ylabel() for ax in fig.axes] == ["query and neighbours", "other"]
+    plt.close(fig)
+    rng = np.random.default_rng(0)
+    fig = ch08.plot_2d_maps({"PCA": rng.normal(size=(30, 2)), "t-SNE": rng.normal(size=(30, 2))},
+                         np.arange(30) % 3, ["cat", "dog", "ship"])
+    assert [ax.get_xlabel() for ax in fig.axes] == ["PCA axis 1", "t-SNE axis 1"]
+    assert [t.get_text() for t in fig.axes[-1].get_legend().get_texts()] == ["cat", "dog", "ship"]
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- the stored notebook
+def test_stored_notebook_says_which_models_it_used_and_prints_both_tables():
+    if not NOTEBOOK.is_file():
+        pytest.fail(f"{NOTEBOOK} is missing")
+    text = "\n".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+                     for cell in json.loads(NOTEBOOK.read_text())["cells"] for o in cell.get("outputs", []))
+    assert "fashion-mnist: " in text and "cifar10: " in text  # chapter_model's line for each dataset
+    assert "test accuracy" in text and "precision@10" in text
