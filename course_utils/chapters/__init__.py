@@ -4,6 +4,7 @@
 - ``ch03_transposed_convolutions``: overlap, error and edge maps, grid contrast, the chapter's decoders.
 - ``ch04_bottleneck_size``: compression tables, code shapes, the one-pass PCA curve, sharpness, curve plots.
 - ``ch05_fast_training``: the seed tutorials' loop, the improvement ladder, GPU memory by batch size.
+- ``ch07_anomaly_detection``: one-class splits, PCA and autoencoder anomaly scores, ROC-AUC, thresholds, OOD.
 
 The core modules (``course_utils.data``, ``models``, ``engine``, ``training``, ...) hold what
 several chapters use; a helper moves down into the core as soon as a second chapter needs it.
