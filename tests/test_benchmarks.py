@@ -192,10 +192,30 @@ def test_quality_benchmark_runs_end_to_end_and_records_every_run(tmp_path):
     assert {"recommended-spatial", "kapilsh", "PCA (full train)", "PCA (256 train)"} <= names
     pca = next(r for r in records if r["candidate"] == "PCA (full train)")
     assert pca["code_size"] == 196 and 0.003 < pca["mse"] < 0.005  # PCA-196 as the course measured it: 0.00389
-    assert all(r["test_images"] == 256 and r["code_size"] == 196 for r in records if "parameters" in r)
+    assert all(r["score_images"] == 256 and r["scored_on"] == "test" and r["code_size"] == 196
+               for r in records if "parameters" in r)
     report = subprocess.run(cmd[:2] + ["--dataset", "fashion-mnist", "--report", str(out)],
                             capture_output=True, text=True, timeout=120)
     assert report.returncode == 0 and "| recommended-spatial | 196 |" in report.stdout
+
+
+@needs_fashion
+def test_quality_benchmark_tunes_on_the_validation_split_and_marks_each_row(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))  # the script's own `from _common import ...`
+    bench = load_script("benchmarks/bench_quality.py")
+    full, train, val = bench.load("fashion-mnist", 512, None, seed=0, score_on="validation")
+    held_out, _ = cu.validation_split(cu.load_dataset("fashion-mnist", "train"))
+    assert len(val) == 5000 and len(full) == 55000 and len(held_out) == 55000  # 5,000 held out of 60,000
+    never_trained = {bytes(x.numpy()) for x in val.images[:200]}
+    assert not never_trained & {bytes(x.numpy()) for x in train.images}  # no scoring image is trained on
+    assert all(row[3] in bench.CANDIDATES for row in bench.TUNING_GRID)
+    out = tmp_path / "tuning.jsonl"
+    done = run_script("bench_quality.py", "--tuning-grid", "--grid-rows", "3", "--train-images", "256",
+                      "--test-images", "128", "--epochs", "1", "--json", str(out), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert record["scored_on"] == "validation" and record["score_images"] == 128 and record["grid_row"] == 3
+    assert "--score-on validation" in record["command"] and "validation MSE" in done.stdout
 
 
 @needs_fashion
