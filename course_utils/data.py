@@ -547,7 +547,7 @@ def _walk_pictures(folder: Path, recursive: bool) -> list[tuple[str, int, int]]:
             for e in entries:
                 if e.name.startswith("."):
                     continue
-                if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
+                if e.name.lower().endswith(IMAGE_SUFFIXES) and e.is_file():
                     st = e.stat()
                     found.append((e.path, st.st_size, st.st_mtime_ns))
                 elif recursive and e.is_dir():
@@ -555,11 +555,12 @@ def _walk_pictures(folder: Path, recursive: bool) -> list[tuple[str, int, int]]:
     return sorted(found)
 
 
-def _find_pictures(root: Path) -> tuple[list[str], list[tuple[Path, int]], list]:
-    """Return (class names, [(file, label)], signature) of a folder: one sub-folder per class, or flat (one class).
+def _find_pictures(root: Path) -> tuple[list[str], list]:
+    """Return (class names, signature) of a folder: one sub-folder per class, or flat (one class).
 
     The signature lists every picture's relative path, label, size and modification time: it
     changes whenever a picture is added, removed, renamed, moved to another class or edited.
+    (No Path objects here: an unchanged folder is loaded from its cache after this one listing.)
     """
     if not root.is_dir():
         raise DataNotFoundError(f"Image folder {root} does not exist. Give the folder that holds your pictures, "
@@ -584,15 +585,19 @@ def _find_pictures(root: Path) -> tuple[list[str], list[tuple[Path, int]], list]
         raise DataNotFoundError(f"No images found in {root}. Expected pictures (files ending in "
                                 f"{', '.join(IMAGE_SUFFIXES)}) in it or in one sub-folder per class.{hint}")
     prefix = len(str(root)) + 1
-    signature = [(path[prefix:], label, size, mtime) for path, label, size, mtime in found]
-    return classes, [(Path(path), label) for path, label, _, _ in found], signature
+    return classes, [(path[prefix:], label, size, mtime) for path, label, size, mtime in found]
+
+
+def _files(root: Path, signature: list) -> list[tuple[Path, int]]:
+    """Return [(file, label)] of a folder's signature."""
+    return [(root / relative, label) for relative, label, _, _ in signature]
 
 
 def folder_cache_path(path: str | Path, image_size: int = 64, channels: int | str = "auto",
                       small: str = "error", on_error: str = "skip") -> Path:
     """Return where ``load_image_folder`` caches this folder as a pack (it changes when any picture does)."""
     root = Path(path).expanduser()
-    _, _, signature = _find_pictures(root)
+    _, signature = _find_pictures(root)
     return _cache_file(root, signature, {"image_size": image_size, "channels": channels, "small": small,
                                          "on_error": on_error})
 
@@ -631,7 +636,7 @@ def load_image_folder(path: str | Path, image_size: int = 64, on_error: str = "s
         raise CourseError(f"small must be 'error', 'skip' or 'upscale', got {small!r}.")
     if on_error not in ("skip", "raise"):
         raise CourseError(f"on_error must be 'skip' or 'raise', got {on_error!r}.")
-    classes, files, signature = _find_pictures(root)
+    classes, signature = _find_pictures(root)
     settings = {"image_size": image_size, "channels": channels, "small": small, "on_error": on_error}
     target = _cache_file(root, signature, settings) if cache else None
     if target is not None and target.is_file():
@@ -641,6 +646,7 @@ def load_image_folder(path: str | Path, image_size: int = 64, on_error: str = "s
             return dataclasses.replace(data, name=root.name, split="all")
         except CorruptPackError:
             target.unlink(missing_ok=True)  # a damaged cache is rebuilt, not reported
+    files = _files(root, signature)
     pictures = _read_pictures([f for f, _ in files], image_size, workers, f"reading {root.name}", progress)
 
     bad = [(f, p.error) for (f, _), p in zip(files, pictures) if p.array is None]
@@ -712,7 +718,8 @@ def inspect_image_folder(path: str | Path, image_size: int | None = None):
     import pandas as pd
 
     root = Path(path).expanduser()
-    classes, files, _ = _find_pictures(root)
+    classes, signature = _find_pictures(root)
+    files = _files(root, signature)
     pictures = _read_pictures([f for f, _ in files], 8, desc=f"inspecting {root.name}")
     rows = []
     for (f, label), p in zip(files, pictures):
@@ -737,7 +744,7 @@ def read_photos(path: str | Path, max_side: int | None = None, channels: int = 3
     if max_side is not None and max_side <= 0:
         raise CourseError(f"max_side must be positive, got {max_side}.")
     root = Path(path).expanduser()
-    _, files, _ = _find_pictures(root)
+    files = _files(root, _find_pictures(root)[1])
     photos, bad = {}, []
     for (f, _), p in zip(files, _read_pictures([f for f, _ in files], None, desc=f"reading {root.name}")):
         if p.array is None:

@@ -160,11 +160,11 @@ def optional_dataset(name: str, split: str, profile=None, image_size: int | None
     try:
         return load_dataset(name, split, image_size=image_size, profile=profile)
     except DataNotFoundError as e:
-        first = str(e).splitlines()[0]
+        why = f"the download failed: {type(e.__cause__).__name__}" if e.__cause__ else "downloads are off"
         size = {"stl10": "2.6 GB", "flowers102": "330 MB"}.get(name, "")
-        print(f"{name}/{split} is not available here: {first}\n  To get it: run this notebook once on a machine "
-              f"with internet (Colab: the loader downloads {size} and keeps a pack), or copy packs "
-              f"{name}/train.npz and {name}/test.npz into the folder $COURSE_DATA_DIR points at.")
+        print(f"{name}/{split} is not available here (no local copy, and {why}).\n  To get it: run this notebook "
+              f"once on a machine with internet (e.g. Colab: the loader downloads {size} and keeps a pack), or copy "
+              f"the packs {name}/<split>.npz into the folder $COURSE_DATA_DIR points at.")
         return None
 
 
