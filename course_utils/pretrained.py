@@ -113,10 +113,15 @@ def load_or_train(name: str, train: Callable[[], nn.Module], device: torch.devic
 
 
 def save_reference(model: nn.Module, path: str | Path) -> str:
-    """Write ``model``'s weights in half precision (atomically) and return the file's SHA-256."""
+    """Write ``model``'s parameters in half precision and its buffers as they are (atomically); return the SHA-256.
+
+    Buffers such as batch norm's running variance stay float32: they are few, and can exceed
+    float16's largest value (65,504), which would store infinity and ruin every output.
+    """
     from .files import atomic_write
 
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    parameters = {name for name, _ in model.named_parameters()}
+    state = {k: (v.half() if k in parameters and v.is_floating_point() else v) for k, v in model.state_dict().items()}
     with atomic_write(path) as f:
         torch.save(state, f)
     return file_sha256(path)

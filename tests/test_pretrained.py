@@ -61,6 +61,17 @@ def test_loading_gives_the_stored_half_precision_weights(shelf):
     assert torch.allclose(loaded(x), expected, atol=1e-6)
 
 
+def test_large_batch_norm_statistics_survive_storage(shelf, tmp_path):
+    """float16 ends at 65,504: a running variance above it must not be stored as infinity."""
+    _, model, _ = shelf
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_var.fill_(3e5)
+    pt.save_reference(model, tmp_path / "big.pt")
+    state = torch.load(tmp_path / "big.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert state["encoder.0.weight"].dtype == torch.float16  # the parameters are what halves the file
+
+
 def test_an_altered_file_is_refused_with_the_retrain_command(shelf):
     folder, _, _ = shelf
     data = bytearray((folder / "tiny.pt").read_bytes())
