@@ -108,7 +108,7 @@ def load_or_train(name: str, train: Callable[[], nn.Module], device: torch.devic
     else:
         model = train()
         what = f"reference {name!r} not present: trained in this profile's budget instead"
-    print(what.capitalize() if what[0].islower() else what)
+    print(what[0].upper() + what[1:])  # capitalize() would lower-case "MSE" and "dB"
     return model, what
 
 
