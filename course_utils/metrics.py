@@ -47,8 +47,9 @@ def evaluate(model: nn.Module, data: ImageData | torch.Tensor, batch_size: int =
     device = device or next(model.parameters()).device
     check_model_fits(model, tuple((data.images if isinstance(data, ImageData) else data).shape[1:]), device)
     low, high = model_value_range(model)
-    psnr = PeakSignalNoiseRatio(data_range=1.0).to(device)
-    ssim_metric = StructuralSimilarityIndexMeasure(data_range=1.0).to(device) if ssim else None
+    # sync_on_compute=False: the scores are this process's, also in a data-parallel run where only rank 0 evaluates
+    psnr = PeakSignalNoiseRatio(data_range=1.0, sync_on_compute=False).to(device)
+    ssim_metric = StructuralSimilarityIndexMeasure(data_range=1.0, sync_on_compute=False).to(device) if ssim else None
     sq_error, count = torch.zeros((), device=device, dtype=torch.float64), 0
     with eval_mode(model):
         for x in DeviceBatches(data, min(batch_size, len(data)), device, shuffle=False, value_range=(low, high)):

@@ -35,6 +35,7 @@ CHILD = textwrap.dedent("""
     torch.set_num_threads(1)
     pack, out, mode = sys.argv[1], sys.argv[2], sys.argv[3]
     data = cu.read_pack(pack)
+    val = data.subset(64, seed=1)  # scored by rank 0 alone at each epoch's end
     rank = int(os.environ["RANK"])
 
     def run(checkpoint=None, fail_at=None, how=None, stop=None):
@@ -50,10 +51,10 @@ CHILD = textwrap.dedent("""
                 raise ValueError(f"rank 1 failed on purpose at step {fail_at}")
             return x
 
-        history = cu.fit(model, data, epochs=%(epochs)d, batch_size=%(batch)d, lr=3e-3, amp=False, seed=3,
+        history = cu.fit(model, data, val, epochs=%(epochs)d, batch_size=%(batch)d, lr=3e-3, amp=False, seed=3,
                          checkpoint=checkpoint, checkpoint_every=2, resume=True, progress=rank == 0 and mode == "cli",
                          input_transform=count, stop_after_steps=stop)
-        return {"step_losses": history.step_losses, "train_loss": history["train_loss"],
+        return {"step_losses": history.step_losses, "train_loss": history["train_loss"], "records": history.records,
                 "params": {k: v.tolist() for k, v in model.state_dict().items()}}
 
     if mode == "equal":
@@ -87,17 +88,21 @@ def launch(tmp_path, fashion_test):
     return run
 
 
-def _one_process(data: cu.ImageData, steps: int, seed: int = 3) -> tuple[dict, list[float]]:
-    """Train CHILD's model alone (in this process, one thread) for ``steps`` steps; return (state, step losses)."""
+@pytest.fixture
+def one_thread():
+    """Train in this process on one thread, as each launched process does (and fast on a busy machine)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        model = cu.ConvAutoencoder(28, 1, (8, 16), latent=16)
-        history = cu.fit(model, data, epochs=EPOCHS, batch_size=BATCH, lr=3e-3, amp=False, seed=seed,
-                         progress=False, stop_after_steps=steps, device="cpu")
-    finally:
-        torch.set_num_threads(threads)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _one_process(data: cu.ImageData, steps: int, seed: int = 3) -> tuple[dict, list[float]]:
+    """Train CHILD's model alone (in this process) for ``steps`` steps; return (state, step losses)."""
+    torch.manual_seed(0)
+    model = cu.ConvAutoencoder(28, 1, (8, 16), latent=16)
+    history = cu.fit(model, data, epochs=EPOCHS, batch_size=BATCH, lr=3e-3, amp=False, seed=seed,
+                     progress=False, stop_after_steps=steps, device="cpu")
     return {k: v.detach() for k, v in model.state_dict().items()}, history.step_losses
 
 
@@ -105,7 +110,7 @@ def _params(result: dict) -> dict:
     return {k: torch.tensor(v) for k, v in result["params"].items()}
 
 
-def test_two_processes_match_one_process_on_the_same_global_batch(launch):
+def test_two_processes_match_one_process_on_the_same_global_batch(launch, one_thread):
     k = 6
     ranks = launch("equal", k)
     alone, alone_losses = _one_process(launch.data, k)
@@ -138,6 +143,8 @@ def test_a_killed_run_resumes_from_rank_0s_checkpoint_to_the_same_loss_curve(lau
         assert resumed["train_loss"] == reference["train_loss"]
         assert resumed["params"] == reference["params"]
     assert ranks[0]["resumed"]["params"] == ranks[1]["resumed"]["params"]  # every rank resumed, not only rank 0
+    assert ranks[0]["resumed"]["records"] == ranks[1]["resumed"]["records"]  # rank 0's record, val scores included
+    assert all("val_mse" in r for r in ranks[1]["resumed"]["records"])
 
 
 def test_a_rank_that_raises_ends_the_whole_run_with_its_error(launch):
@@ -156,7 +163,7 @@ def test_a_run_that_hangs_is_stopped_at_its_timeout(tmp_path):
     assert time.monotonic() - t0 < 60  # every process of the run was killed, so nothing kept the pipe open
 
 
-def test_the_script_trains_through_a_sharded_dataloader_like_one_process(launch, tmp_path):
+def test_the_script_trains_through_a_sharded_dataloader_like_one_process(launch, tmp_path, one_thread):
     report = tmp_path / "report.json"
     args = ["--dataset", launch.pack, "--model", "plain", "--latent", "16", "--epochs", "1", "--batch-size", "32",
             "--amp", "none", "--loader", "dataloader", "--workers", "1", "--report", report]
@@ -167,16 +174,11 @@ def test_the_script_trains_through_a_sharded_dataloader_like_one_process(launch,
     assert len(result["step_losses"]) == IMAGES // 32
 
     from course_utils.train import build_model
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:  # the same run alone: the DistributedSampler of 1 replica draws the same global batches
-        cu.seed_everything(0)
-        model = build_model("plain", (1, 28, 28), 16, "flat")
-        alone = cu.fit(model, ch10.sharded_loader(launch.data, 32, workers=0, device="cpu"), epochs=1, batch_size=32,
-                       amp=False, device="cpu", progress=False, **{k: v for k, v in cu.RECOMMENDED_TRAINING.items()
-                                                                    if k != "batch_size"})
-    finally:
-        torch.set_num_threads(threads)
+    cu.seed_everything(0)  # the same run alone: the DistributedSampler of 1 replica draws the same global batches
+    model = build_model("plain", (1, 28, 28), 16, "flat")
+    alone = cu.fit(model, ch10.sharded_loader(launch.data, 32, workers=0, device="cpu"), epochs=1, batch_size=32,
+                   amp=False, device="cpu", progress=False, **{k: v for k, v in cu.RECOMMENDED_TRAINING.items()
+                                                                if k != "batch_size"})
     torch.testing.assert_close(torch.tensor(result["step_losses"]), torch.tensor(alone.step_losses))
 
 
@@ -233,7 +235,7 @@ def test_failure_lines_name_the_rank_and_its_error():
     assert "rank 0 was killed by signal SIGKILL" in ch10._failure(killed, 1, 2)
 
 
-def test_one_process_trains_on_uint8_batches_from_a_memory_mapped_array(tmp_path, launch):
+def test_one_process_trains_on_uint8_batches_from_a_memory_mapped_array(tmp_path, launch, one_thread):
     import numpy as np
     path = tmp_path / "images.npy"
     np.save(path, launch.data.images.permute(0, 2, 3, 1).numpy())  # the pack layout, N x H x W x C
@@ -255,7 +257,7 @@ def test_scaled_lr_follows_the_two_rules():
         ch10.scaled_lr(1e-3, 32, 64, "cubic")
 
 
-def test_the_script_runs_alone_without_torchrun(launch, tmp_path):
+def test_the_script_runs_alone_without_torchrun(launch, tmp_path, one_thread):
     from course_utils import train
     report = train.main(["--dataset", str(launch.pack), "--model", "plain", "--latent", "16", "--epochs", "1",
                          "--train-images", "128", "--quiet", "--report", str(tmp_path / "alone.json")])
@@ -263,3 +265,16 @@ def test_the_script_runs_alone_without_torchrun(launch, tmp_path):
     assert json.loads((tmp_path / "alone.json").read_text())["step_losses"] == report["step_losses"]
     with pytest.raises(cu.CourseError, match="--test scores on a named dataset"):
         train.main(["--dataset", str(launch.pack), "--test"])
+
+
+def test_the_all_reduce_demo_averages_to_the_whole_batch_gradient(launch, one_thread):
+    demo = ch10.all_reduce_demo(launch.data.images[:32], world_size=2, sizes=(1000,), repeats=1)
+    assert demo["max_difference"] <= 1e-5 + 1.3e-6 * demo["largest_gradient"]  # assert_close's float32 tolerance
+    assert demo["largest_gradient"] > 1e-4 and list(demo["seconds"]) == [1000] and demo["seconds"][1000] > 0
+
+
+def test_chapter_helpers_reject_what_they_cannot_take(launch):
+    with pytest.raises(cu.CourseError, match=r"UInt8Images expects uint8 images"):
+        ch10.UInt8Images(launch.data.images.float())
+    with pytest.raises(cu.CourseError, match=r"N a multiple of world_size=3"):
+        ch10.all_reduce_demo(launch.data.images[:32], world_size=3)

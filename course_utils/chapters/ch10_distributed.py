@@ -141,9 +141,9 @@ def _failure(output: str, returncode: int, processes: int, with_traceback: bool 
     message = (f"The run of {processes} process(es) failed: {who} {what}. torchrun then stopped the other "
                "processes; that rank's traceback is in the output. Fix the error and launch again (with --resume "
                "and the same --checkpoint to continue from rank 0's last checkpoint).")
-    if with_traceback and rank:
-        lines = re.findall(rf"^\[rank{rank.group(1)}\]:\s?(.*)$", output, re.M)[-20:]
-        message += "\n" + "\n".join(lines or root.strip().splitlines()[-20:])
+    if with_traceback:  # the output was not shown: add that rank's traceback, else the output's end
+        lines = re.findall(rf"^\[rank{rank.group(1)}\]:\s?(.*)$", output, re.M)[-20:] if rank else []
+        message += "\n" + "\n".join(lines or output.strip().splitlines()[-40:])
     return message
 
 
