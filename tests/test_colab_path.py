@@ -2,9 +2,9 @@
 run from a folder outside the repository, as Colab's setup cell and a learner's own Jupyter do.
 
 The environment is a fresh `python -m venv` that reuses the already installed PyTorch and the rest through a .pth
-file naming this environment's site-packages (a .pth line adds the folder to sys.path without processing the
-.pth files inside it, so the editable install of the repository's course_utils stays invisible). That keeps CI
-from downloading two gigabytes again; `--system-site-packages` would not do, since it exposes the base
+file naming the test run's own site-packages (.venv's; a .pth line adds the folder to sys.path without processing
+the .pth files inside it, so the editable install of the repository's course_utils stays invisible). That keeps
+CI from downloading two gigabytes again; `--system-site-packages` would not do, since it exposes the base
 interpreter's packages, not this virtual environment's. The kernel must then import nothing from the repository:
 course_utils from the new environment, every other module from the new environment, the standard library or
 the reused site-packages. Select with `pytest -m colab`.
@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import site
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import matplotlib
@@ -90,10 +92,14 @@ def installed(tmp_path_factory) -> dict:
     return {"home": home, "python": python, "purelib": purelib, "reused": reused}
 
 
-def _run_chapter(installed: dict, folder: Path, data_dir: Path | None) -> tuple[dict, nbformat.NotebookNode]:
-    """Run a copy of chapter 01 in ``folder`` with the new environment's kernel; return (report, notebook)."""
+def _run_chapter(installed: dict, folder: Path, data_dir: Path | None) -> tuple[dict, list, list]:
+    """Run a copy of chapter 01 in ``folder`` with the new environment's kernel.
+
+    Return the kernel's report and each code cell's outputs, as stored and as run.
+    """
     folder.mkdir()
     nb = nbformat.read(CHAPTER, as_version=4)
+    stored = [cell.outputs for cell in nb.cells if cell.cell_type == "code"]
     nb.cells.append(nbformat.v4.new_code_cell(REPORT_CELL))
     path = folder / CHAPTER.name
     nbformat.write(nb, path)
@@ -108,12 +114,16 @@ def _run_chapter(installed: dict, folder: Path, data_dir: Path | None) -> tuple[
     if data_dir is not None:
         env["COURSE_DATA_DIR"] = str(data_dir)
     # nbconvert started by the new environment's python: the kernel ("python3") is that same interpreter
+    started, cpu = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     _run([str(installed["python"]), "-m", "nbconvert", "--to", "notebook", "--execute", "--inplace",
           "--ExecutePreprocessor.timeout=600", str(path)], cwd=folder, env=env)
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(f"chapter 01 from the wheel, {folder.name}: {time.monotonic() - started:.0f} s, "
+          f"{used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime:.0f} CPU s")
     executed = nbformat.read(path, as_version=4)
     text = "".join(o.get("text", "") for o in executed.cells[-1].outputs if o.get("name") == "stdout")
     line = next(line for line in text.splitlines() if line.startswith(REPORT))
-    return json.loads(line[len(REPORT):]), executed
+    return json.loads(line[len(REPORT):]), stored, [c.outputs for c in executed.cells[:-1] if c.cell_type == "code"]
 
 
 def _assert_nothing_from_the_repository(report: dict, installed: dict, folder: Path) -> None:
@@ -133,34 +143,41 @@ def _assert_nothing_from_the_repository(report: dict, installed: dict, folder: P
     assert not [name for name in report["modules"] if "__editable__" in name], "the editable install was loaded"
 
 
-def _outputs(nb: nbformat.NotebookNode) -> list:
-    return [o for cell in nb.cells for o in cell.get("outputs", [])]
+def _figures(outputs: list) -> int:
+    return sum("image/png" in o.get("data", {}) for o in outputs)
+
+
+def _assert_a_clean_run(stored: list, run: list) -> None:
+    """No error or warning output; inline figures wherever the stored run has them, as on Colab."""
+    assert len(run) == len(stored)
+    problems = [o for cell in run for o in cell if o["output_type"] == "error" or o.get("name") == "stderr"]
+    assert problems == []
+    for number, (before, now) in enumerate(zip(stored, run), 1):
+        assert _figures(now) >= min(_figures(before), 1), f"code cell {number} drew no figure"
+    assert sum(map(_figures, run)) > 0
 
 
 def test_a_chapter_runs_from_the_installed_wheel_outside_the_repository(installed):
     repository_data = sorted((ROOT / "data").rglob("*")) if (ROOT / "data").is_dir() else []
-    stored_figures = sum("image/png" in o.get("data", {}) for o in _outputs(nbformat.read(CHAPTER, as_version=4)))
 
     # 1. No data root set: packs go to the user cache (Colab: /content/course_data), never to a repository.
     folder = installed["home"] / "unset"
-    report, executed = _run_chapter(installed, folder, data_dir=None)
+    report, stored, run = _run_chapter(installed, folder, data_dir=None)
     _assert_nothing_from_the_repository(report, installed, folder)
     cache = (installed["home"] / "cache" / "course_utils").resolve()
     assert Path(report["data_root"]) == cache
     assert sorted(p.name for p in (cache / "fashion-mnist").glob("*.npz")) == ["test.npz", "train.npz"]
-    outputs = _outputs(executed)
-    assert not [o for o in outputs if o["output_type"] == "error" or o.get("name") == "stderr"]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == stored_figures  # inline figures, as on Colab
+    _assert_a_clean_run(stored, run)
 
     # 2. COURSE_DATA_DIR set (an instructor's shared folder): packs go there.
     shared = installed["home"] / "shared-data"
     shared.mkdir()
     folder = installed["home"] / "set"
-    report, executed = _run_chapter(installed, folder, data_dir=shared)
+    report, stored, run = _run_chapter(installed, folder, data_dir=shared)
     _assert_nothing_from_the_repository(report, installed, folder)
     assert Path(report["data_root"]) == shared.resolve()
     assert sorted(p.name for p in (shared / "fashion-mnist").glob("*.npz")) == ["test.npz", "train.npz"]
-    assert not [o for o in _outputs(executed) if o["output_type"] == "error"]
+    _assert_a_clean_run(stored, run)
 
     assert (sorted((ROOT / "data").rglob("*")) if (ROOT / "data").is_dir() else []) == repository_data
 
