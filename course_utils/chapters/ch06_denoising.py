@@ -17,10 +17,39 @@ from torch import nn
 from ..data import ImageData, to_float
 from ..errors import CourseError
 from ..metrics import reconstruct
+from ..models import ConvAutoencoder, recommended_autoencoder
 
 SIGMAS = (0.1, 0.2, 0.3, 0.5)  # noise levels on [0, 1] images, the chapter's x axis
+TRAIN_SIGMAS = (0.05, 0.55)  # the blind denoiser draws each training image's sigma uniformly from this range
 BLUR_SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # Gaussian blur widths (pixels) to choose from on validation
 MEDIAN_SIZES = (3, 5)  # median filter windows (pixels) to choose from on validation
+
+
+# --------------------------------------------------------------------------- the chapter's models
+# The denoiser's code channels by image channels, chosen on the validation split: no small bottleneck (a
+# denoiser cannot profit from copying its noisy input), so the code holds 2 (grey) to 2.7 (RGB) values per input value.
+DENOISER_CODE_CHANNELS = {1: 8, 3: 32}
+
+
+def denoiser_model(image_shape: Sequence[int]) -> ConvAutoencoder:
+    """Return the chapter's denoiser: one stride-2 stage of 64 channels, a spatial code, a transposed-conv decoder."""
+    channels, size = int(image_shape[0]), int(image_shape[-1])
+    if channels not in DENOISER_CODE_CHANNELS:
+        raise CourseError(f"The chapter's denoiser takes grey (1-channel) or RGB (3-channel) images, got "
+                          f"{channels} channels.")
+    # C x S x S => 64 x S/2 x S/2 (stride-2 conv) => code L x S/2 x S/2 (1x1 conv) => back up to C x S x S
+    return ConvAutoencoder(size, channels, widths=(64,), latent=DENOISER_CODE_CHANNELS[channels],
+                           bottleneck="spatial", downsample="stride", upsample="transposed", kernel_size=4,
+                           batch_norm=True, output_activation="sigmoid")
+
+
+def reference_architecture(name: str, image_shape: Sequence[int]) -> nn.Module:
+    """Return an untrained model shaped like reference ``name`` (its manifest row, else the recommended recipe)."""
+    from .. import pretrained
+    if name in pretrained.pretrained_names():
+        return pretrained.build_reference(pretrained.pretrained_info(name))
+    code_size = int(name.rsplit("-", 1)[1])  # "cifar10-256": the recommended model with a 256-value spatial code
+    return recommended_autoencoder(image_shape, code_size, "spatial", base_width=64)
 
 
 # --------------------------------------------------------------------------- corruptions
@@ -124,18 +153,17 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return blur(to_float(images), [kernel, kernel], [float(sigma), float(sigma)])
 
 
-def median_filter(images: torch.Tensor, size: int, batch_size: int = 1000) -> torch.Tensor:
+def median_filter(images: torch.Tensor, size: int, batch_size: int = 256) -> torch.Tensor:
     """Return images with each value replaced by the median of its ``size`` x ``size`` window (reflect padding)."""
     if size < 1 or size % 2 == 0:
         raise CourseError(f"A median filter's window must be an odd whole number of pixels (3, 5, ...), got {size!r}.")
     x = to_float(images)
-    n, c, h, w = x.shape
     pad = size // 2
     out = []
-    for i in range(0, n, batch_size):
+    for i in range(0, x.shape[0], batch_size):
         chunk = F.pad(x[i:i + batch_size], (pad, pad, pad, pad), mode="reflect")
-        windows = F.unfold(chunk, size).view(chunk.shape[0], c, size * size, h, w)  # every window, flattened
-        out.append(windows.median(dim=2).values)
+        windows = chunk.unfold(2, size, 1).unfold(3, size, 1)  # N x C x H x W x size x size, a view: no copy yet
+        out.append(windows.reshape(*windows.shape[:4], size * size).median(dim=-1).values)
     return torch.cat(out)
 
 
@@ -189,48 +217,94 @@ def choose_filter_parameter(name: str, noisy_val: torch.Tensor, clean_val: Image
     return max(scores, key=scores.get), scores
 
 
-def denoising_scores(test: ImageData, val: ImageData, models: Mapping[str, nn.Module],
-                     sigmas: Sequence[float] = SIGMAS, filters: Sequence[str] = tuple(FILTERS), seed: int = 0,
-                     keep: int = 0, progress: bool = True) -> dict[float, dict[str, dict]]:
-    """Score the noisy input, each filter and each model at every noise level: ``table[sigma][method]``.
+def restoration_scores(test: ImageData, val: ImageData, models: Mapping[str, nn.Module],
+                       corruptions: Mapping, filters: Sequence[str] = tuple(FILTERS), seed: int = 0,
+                       keep: int = 0, progress: bool = True, table: Mapping | None = None) -> dict:
+    """Score the corrupted input, each filter and each model under each corruption: ``table[key][method]``.
 
-    For each sigma, the validation split gets its own noise and each filter's parameter is the one
-    with the best validation PSNR; the test split's noise (fixed by ``seed``) is then shared by all
-    methods. Each entry holds ``psnr``, ``ssim`` and ``mse`` on the test split (and ``parameter`` for
-    a filter). With ``keep=n`` each entry also holds its first ``n`` restored images (``images``),
-    and ``table[sigma]["noisy input"]["all"]`` every noisy test image.
+    ``corruptions`` maps a key (a noise level, a name) to a corruption. For each, the validation
+    split gets its own corruption and each filter's parameter is the one with the best validation
+    PSNR; the test split's corruption (fixed by ``seed``) is then shared by every method. Each entry
+    holds ``psnr``, ``ssim`` and ``mse`` on the test split; a filter's also its ``parameter`` and the
+    ``validation`` PSNR of every candidate. With ``keep=n`` each entry holds its first ``n``
+    restored images (``images``). Pass an earlier result as ``table`` (same test split, seed and
+    corruptions) to add models to it without scoring its entries again.
     """
     from tqdm.auto import tqdm
 
-    table: dict[float, dict[str, dict]] = {}
-    for sigma in tqdm(list(sigmas), desc="noise levels", unit="sigma", disable=not progress):
-        noise = GaussianNoise(sigma)
-        noisy_val = corrupt(val, noise, seed=seed + 1)  # other noise than the test split's
-        noisy_test = corrupt(test, noise, seed=seed)
-        row: dict[str, dict] = {"noisy input": {**image_scores(noisy_test, test), "images": noisy_test[:keep]}}
-        for name in filters:
-            best, _ = choose_filter_parameter(name, noisy_val, val)
+    result: dict = {}
+    for key, corruption in tqdm(list(corruptions.items()), desc="corruptions", unit="level", disable=not progress):
+        row: dict[str, dict] = dict(table[key]) if table is not None and key in table else {}
+        noisy_test = corrupt(test, corruption, seed=seed)
+        if "noisy input" not in row:
+            row["noisy input"] = {**image_scores(noisy_test, test), "images": noisy_test[:keep]}
+        todo = [name for name in filters if name not in row]
+        noisy_val = corrupt(val, corruption, seed=seed + 1) if todo else None  # other noise than the test split's
+        for name in todo:
+            best, candidates = choose_filter_parameter(name, noisy_val, val)
             restored = FILTERS[name][0](noisy_test, best)
-            row[name] = {**image_scores(restored, test), "parameter": best, "images": restored[:keep]}
+            row[name] = {**image_scores(restored, test), "parameter": best, "validation": candidates,
+                         "images": restored[:keep]}
         for name, model in models.items():
             restored = reconstruct(model, noisy_test)
             row[name] = {**image_scores(restored, test), "images": restored[:keep]}
         if not keep:
-            for entry in row.values():
-                entry.pop("images")
-        table[sigma] = row
-    return table
+            row = {name: {k: v for k, v in entry.items() if k != "images"} for name, entry in row.items()}
+        result[key] = row
+    return result
 
 
-def denoising_frame(table: Mapping[float, Mapping[str, Mapping]], metric: str = "psnr"):
-    """Return one metric of a `denoising_scores` as a DataFrame: a row per sigma, a column per method."""
+def denoising_scores(test: ImageData, val: ImageData, models: Mapping[str, nn.Module],
+                     sigmas: Sequence[float] = SIGMAS, filters: Sequence[str] = tuple(FILTERS), seed: int = 0,
+                     keep: int = 0, progress: bool = True, table: Mapping | None = None) -> dict[float, dict]:
+    """Score the noisy input, each filter and each model at every Gaussian noise level: ``table[sigma][method]``.
+
+    `restoration_scores` with ``GaussianNoise(sigma)`` for each sigma: filters tuned on ``val``,
+    everything scored on the same noisy ``test`` images; ``table`` adds models to an earlier result.
+    """
+    return restoration_scores(test, val, models, {sigma: GaussianNoise(sigma) for sigma in sigmas}, filters,
+                              seed, keep, progress, table)
+
+
+def denoising_frame(table: Mapping, metrics: str | Sequence[str] = ("psnr", "ssim")):
+    """Return a `restoration_scores` table as a DataFrame: a row per noise level, a column per (metric, method)."""
     import pandas as pd
-    frame = pd.DataFrame({sigma: {m: e[metric] for m, e in row.items()} for sigma, row in table.items()}).T
-    return frame.rename_axis("sigma")
+    single = isinstance(metrics, str)
+    methods = list(next(iter(table.values())))
+    columns = {(metric, m): {key: table[key][m][metric] for key in table}
+               for metric in ([metrics] if single else metrics) for m in methods}
+    frame = pd.DataFrame(columns).rename_axis("sigma" if all(isinstance(k, float) for k in table) else "corruption")
+    if single:
+        frame.columns = frame.columns.droplevel(0)
+    return frame
+
+
+def plot_filter_tuning(table: Mapping[float, Mapping[str, Mapping]], filters: Sequence[str] = tuple(FILTERS),
+                       title: str | None = None):
+    """Draw each filter's validation PSNR against its parameter, a line per noise level; return the Figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(filters), figsize=(5.5 * len(filters), 3.6), squeeze=False)
+    units = {"Gaussian blur": "blur width sigma (pixels)", "median filter": "window side (pixels)"}
+    for ax, name in zip(axes[0], filters):
+        for key, row in table.items():
+            scores = row[name]["validation"]
+            line, = ax.plot(list(scores), list(scores.values()), marker="o", label=f"noise sigma {key}")
+            best = row[name]["parameter"]
+            ax.plot([best], [scores[best]], marker="*", markersize=14, color=line.get_color())
+        ax.set_xlabel(units.get(name, "parameter"))
+        ax.set_ylabel("validation PSNR (dB)")
+        ax.set_title(f"{name} (star: the chosen parameter)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def best_filter(row: Mapping[str, Mapping], filters: Sequence[str] = tuple(FILTERS)) -> str:
-    """Return the name of the filter with the highest test PSNR in one row of a `denoising_scores`."""
+    """Return the name of the filter with the highest test PSNR in one row of a `denoising_scores` table."""
     return max(filters, key=lambda name: row[name]["psnr"])
 
 
