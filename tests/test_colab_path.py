@@ -106,8 +106,11 @@ def _run_chapter(installed: dict, folder: Path, data_dir: Path | None) -> tuple[
     home = installed["home"]
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "MPLBACKEND", "COURSE_DATA_DIR", "VIRTUAL_ENV")}
-    # XDG_CACHE_HOME isolates the course's user cache; matplotlib keeps its own font cache (no rebuild, no stderr)
-    env.update(COURSE_PROFILE="smoke", XDG_CACHE_HOME=str(home / "cache"), MPLCONFIGDIR=matplotlib.get_cachedir(),
+    # Each run has its own empty user cache (XDG_CACHE_HOME), as on a fresh machine: packs are read from the data
+    # root or the cache, so an earlier run's cache would hide where this one writes. matplotlib keeps its own font
+    # cache (no rebuild, no stderr).
+    env.update(COURSE_PROFILE="smoke", XDG_CACHE_HOME=str(home / f"{folder.name}-cache"),
+               MPLCONFIGDIR=matplotlib.get_cachedir(),
                JUPYTER_DATA_DIR=str(home / "jupyter"),
                JUPYTER_CONFIG_DIR=str(home / "jupyter-config"), IPYTHONDIR=str(home / "ipython"),
                PATH=f"{installed['python'].parent}{os.pathsep}{env.get('PATH', '')}")
@@ -164,7 +167,7 @@ def test_a_chapter_runs_from_the_installed_wheel_outside_the_repository(installe
     folder = installed["home"] / "unset"
     report, stored, run = _run_chapter(installed, folder, data_dir=None)
     _assert_nothing_from_the_repository(report, installed, folder)
-    cache = (installed["home"] / "cache" / "course_utils").resolve()
+    cache = (installed["home"] / "unset-cache" / "course_utils").resolve()
     assert Path(report["data_root"]) == cache
     assert sorted(p.name for p in (cache / "fashion-mnist").glob("*.npz")) == ["test.npz", "train.npz"]
     _assert_a_clean_run(stored, run)
@@ -177,6 +180,7 @@ def test_a_chapter_runs_from_the_installed_wheel_outside_the_repository(installe
     _assert_nothing_from_the_repository(report, installed, folder)
     assert Path(report["data_root"]) == shared.resolve()
     assert sorted(p.name for p in (shared / "fashion-mnist").glob("*.npz")) == ["test.npz", "train.npz"]
+    assert not list((installed["home"] / "set-cache").rglob("*.npz"))
     _assert_a_clean_run(stored, run)
 
     assert (sorted((ROOT / "data").rglob("*")) if (ROOT / "data").is_dir() else []) == repository_data
