@@ -75,8 +75,8 @@ from .chapters.ch07_anomaly_detection import (OneClassRun, anomaly_labels, auc_t
                                               rates_table, roc_auc, show_extremes, threshold_at, threshold_rates,
                                               train_one_class)
 from .chapters.ch08_latent_space import (decode_codes, embed_2d, interpolate, interpolation_strips, linear_probe,
-                                         nearest_image_mse, nearest_neighbours, odd_images, plot_2d_maps,
-                                         precision_at_k, probe_features, sample_codes, show_rows)
+                                         nearest_neighbours, odd_images, plot_2d_maps, precision_at_k, probe_features,
+                                         retrieval_rows, round_trip_change, sample_codes, show_rows)
 from .chapters.ch10_distributed import (UInt8Images, all_reduce_demo, run_torchrun, scaled_lr, sharded_loader,
                                         torchrun_train)
 
@@ -134,9 +134,9 @@ __all__ = [
     "plot_roc_curves", "rates_table", "roc_auc", "show_extremes", "threshold_at", "threshold_rates",
     "train_one_class",
     # chapter 08: the latent space
-    "decode_codes", "embed_2d", "interpolate", "interpolation_strips", "linear_probe", "nearest_image_mse",
-    "nearest_neighbours", "odd_images", "plot_2d_maps", "precision_at_k", "probe_features", "sample_codes",
-    "show_rows",
+    "decode_codes", "embed_2d", "interpolate", "interpolation_strips", "linear_probe", "nearest_neighbours",
+    "odd_images", "plot_2d_maps", "precision_at_k", "probe_features", "retrieval_rows", "round_trip_change",
+    "sample_codes", "show_rows",
     # chapter 10: beyond one device
     "UInt8Images", "all_reduce_demo", "run_torchrun", "scaled_lr", "sharded_loader", "torchrun_train",
 ]

@@ -51,6 +51,19 @@ def test_pixel_neighbours_of_real_clothes_share_their_class_far_above_chance(fas
     assert 0.5 < precision < 1.0  # chance is 0.1 for ten balanced classes
 
 
+def test_retrieval_rows_start_with_the_query_and_count_its_class():
+    images = torch.arange(6, dtype=torch.uint8).view(6, 1, 1, 1).expand(6, 1, 4, 4).contiguous()
+    data = cu.ImageData(images, torch.tensor([0, 0, 0, 1, 1, 1]), ["shoe", "bag"])
+    features = {"near": np.array([[0.], [1.], [2.], [10.], [11.], [12.]]),
+                "far": np.array([[0.], [10.], [11.], [1.], [2.], [12.]])}
+    rows = ch08.retrieval_rows(features, data, query=0, k=2)
+    assert list(rows) == ["near: 2/2 shoe", "far: 0/2 shoe"]
+    assert rows["near: 2/2 shoe"][:, 0, 0, 0].tolist() == [0, 1, 2]  # the query, then its neighbours nearest first
+    assert rows["far: 0/2 shoe"][:, 0, 0, 0].tolist() == [0, 3, 4]
+    with pytest.raises(cu.CourseError, match="rows for 6 images"):
+        ch08.retrieval_rows({"codes": np.zeros((5, 1))}, data, query=0)
+
+
 @pytest.mark.parametrize("k", [0, 6])
 def test_precision_at_k_refuses_impossible_k(k):
     with pytest.raises(cu.CourseError, match="k must be between 1 and"):
@@ -93,6 +106,19 @@ def test_linear_probe_keeps_the_regularisation_best_on_validation():
     assert chosen["test accuracy"] > 0.75 and chosen["converged"]
 
 
+def test_the_regularisation_path_stops_after_patience_values_below_the_best(monkeypatch):
+    from sklearn.linear_model import LogisticRegression
+
+    scripted = {1e-4: 0.5, 1e-3: 0.7, 1e-2: 0.6, 1e-1: 0.55, 1.0: 0.9}  # accuracy by C, on any split
+    monkeypatch.setattr(LogisticRegression, "score", lambda self, x, y: scripted[self.C])
+    rng = np.random.default_rng(0)
+    split = (rng.normal(size=(40, 3)), np.arange(40) % 2)
+    stopped = ch08.linear_probe(split, split, split, cs=tuple(scripted), patience=2)
+    assert (stopped["C"], stopped["C values tried"], stopped["test accuracy"]) == (1e-3, 4, 0.7)
+    whole = ch08.linear_probe(split, split, split, cs=tuple(scripted), patience=5)
+    assert (whole["C"], whole["C values tried"], whole["val accuracy"]) == (1.0, 5, 0.9)
+
+
 def test_feature_sets_give_codes_pca_of_the_same_size_and_pixels():
     model = _tiny_model()
     classes = [str(i) for i in range(10)]
@@ -118,9 +144,11 @@ def test_2d_maps_have_one_point_per_image_and_keep_clusters_apart(method):
     assert ch08.precision_at_k(points, labels, k=5) == 1.0
 
 
-def test_2d_map_refuses_unknown_methods():
+def test_2d_map_refuses_unknown_methods_and_too_few_points_for_tsne():
     with pytest.raises(cu.CourseError, match="'pca' or 'tsne'"):
         ch08.embed_2d(np.zeros((20, 3)), "umap")
+    with pytest.raises(cu.CourseError, match="at least 10 points"):
+        ch08.embed_2d(np.zeros((5, 3)), "tsne")
 
 
 def test_tsne_points_follow_the_profile_and_stay_bounded():
@@ -183,16 +211,14 @@ def test_sampled_codes_have_the_fitted_mean_and_covariance_or_unit_ones():
         ch08.sample_codes(codes, 4, "uniform")
 
 
-def test_nearest_image_mse_is_zero_for_bank_members_and_the_closest_distance_otherwise():
-    bank = _images(50)
-    assert torch.equal(ch08.nearest_image_mse(bank[[3, 17]], bank, chunk=7), torch.zeros(2))
-    moved = (cu.to_float(bank[5]) + 0.01).unsqueeze(0)  # every value up by 0.01: MSE 1e-4 to image 5
-    torch.testing.assert_close(ch08.nearest_image_mse(moved, bank), torch.tensor([1e-4]), atol=2e-6, rtol=0)
-    others = _images(4, seed=9)
-    brute = torch.stack([(cu.to_float(bank) - cu.to_float(x)).pow(2).flatten(1).mean(1).min() for x in others])
-    torch.testing.assert_close(ch08.nearest_image_mse(others, bank, chunk=16), brute)
-    with pytest.raises(cu.CourseError, match="cannot be compared"):
-        ch08.nearest_image_mse(_images(2, channels=1, size=28), bank)
+def test_round_trip_change_is_small_for_codes_of_images_and_measures_the_move():
+    model = _tiny_model(channels=1, size=28)
+    images = _images(8, channels=1, size=28)
+    codes = cu.embed_images(model, images)
+    change = ch08.round_trip_change(model, codes, (1, 28, 28))
+    again = cu.embed_images(model, cu.reconstruct(model, images))
+    torch.testing.assert_close(change, (again - codes).norm(dim=1) / codes.norm(dim=1))
+    assert change.shape == (8,) and (change >= 0).all()
 
 
 # --------------------------------------------------------------------------- odd inputs
@@ -217,22 +243,28 @@ def test_odd_images_have_the_data_shape_and_are_what_they_say(channels, size):
 
 
 # --------------------------------------------------------------------------- the chapter's models and figures
-def test_chapter_model_trains_the_recommended_model_when_no_reference_is_installed(monkeypatch):
-    monkeypatch.setattr(cu, "has_pretrained", lambda name: False, raising=False)
+def test_chapter_model_trains_the_recommended_model_when_no_reference_is_installed(monkeypatch, capsys):
+    monkeypatch.setattr(cu.pretrained, "has_pretrained", lambda name: False)
     data = cu.ImageData(_images(64, channels=1, size=28), torch.zeros(64, dtype=torch.int64), ["a"])
     model, how = ch08.chapter_model("fashion-mnist", data, cu.PROFILES["smoke"], device="cpu")
-    assert "no reference model 'fashion-mnist-196' installed, so trained" in how
+    assert how == "reference 'fashion-mnist-196' not present: trained in this profile's budget instead"
+    printed = capsys.readouterr().out
+    assert "fashion-mnist: trained recommended_autoencoder((1, 28, 28), 196, 'spatial') for 1 epoch(s)" in printed
     assert model.code_size == 196 and not model.training
+    with pytest.raises(cu.CourseError, match="needs training images"):
+        ch08.chapter_model("cifar10", None, cu.PROFILES["smoke"])
 
 
-def test_chapter_model_loads_the_reference_when_one_is_installed(monkeypatch):
-    reference = _tiny_model()
-    monkeypatch.setattr(cu, "has_pretrained", lambda name: name == "cifar10-256", raising=False)
-    monkeypatch.setattr(cu, "load_pretrained", lambda name: reference, raising=False)
-    monkeypatch.setattr(cu, "pretrained_info", lambda name: {"epochs": 40, "test_mse": 0.002}, raising=False)
-    model, how = ch08.chapter_model("cifar10", None, cu.PROFILES["smoke"])
-    assert model is reference
-    assert how == "cifar10: loaded the reference model 'cifar10-256' (epochs 40, test_mse 0.002)"
+@pytest.mark.parametrize("dataset", list(ch08.REFERENCES))
+def test_chapter_model_loads_the_installed_reference(dataset, capsys):
+    name = ch08.REFERENCES[dataset]
+    assert cu.has_pretrained(name), f"the reference {name} ships with the package"
+    model, how = ch08.chapter_model(dataset, None, cu.PROFILES["smoke"])
+    assert how.startswith(f"loaded reference {name!r}") and how[1:] in capsys.readouterr().out
+    info = cu.pretrained_info(name)
+    shape = (1, 28, 28) if dataset == "fashion-mnist" else (3, 32, 32)
+    codes = cu.embed_images(model, _images(2, channels=shape[0], size=shape[1]))
+    assert info["code_size"] == ch08.CODE_SIZES[dataset] == codes.shape[1]
     with pytest.raises(cu.CourseError, match="fashion-mnist, cifar10"):
         ch08.chapter_model("stl10", None, cu.PROFILES["smoke"])
 
@@ -255,5 +287,6 @@ def test_stored_notebook_says_which_models_it_used_and_prints_both_tables():
         pytest.fail(f"{NOTEBOOK} is missing")
     text = "\n".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
                      for cell in json.loads(NOTEBOOK.read_text())["cells"] for o in cell.get("outputs", []))
-    assert "fashion-mnist: " in text and "cifar10: " in text  # chapter_model's line for each dataset
+    for name in ch08.REFERENCES.values():  # chapter_model says, for each dataset, which model it used
+        assert f"reference {name!r}" in text.lower()
     assert "test accuracy" in text and "precision@10" in text

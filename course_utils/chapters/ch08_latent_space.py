@@ -24,7 +24,7 @@ from .ch07_anomaly_detection import fit_pca
 REFERENCES = {"fashion-mnist": "fashion-mnist-196", "cifar10": "cifar10-256"}
 CODE_SIZES = {"fashion-mnist": 196, "cifar10": 256}
 # Inverse regularisation strengths C of the logistic-regression probe, chosen on the validation split.
-PROBE_C = (0.001, 0.01, 0.1, 1.0)
+PROBE_C = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 TSNE_POINTS = 2_000  # t-SNE maps at most this many test images (its cost grows faster than linearly)
 
 
@@ -41,39 +41,35 @@ def one_thread():
 
 
 # --------------------------------------------------------------------------- the chapter's models
-def chapter_model(dataset: str, train: ImageData, profile: Profile, device: torch.device | str | None = None,
+def chapter_model(dataset: str, train: ImageData | None, profile: Profile, device: torch.device | str | None = None,
                   seed: int = 0) -> tuple[nn.Module, str]:
-    """Return the chapter's autoencoder for ``dataset`` and a line saying where it came from.
+    """Return the chapter's autoencoder for ``dataset`` and what happened (also printed): loaded, or trained here.
 
-    The converged reference model when it is installed (``cu.has_pretrained``); otherwise the
-    recommended autoencoder with a spatial code of ``CODE_SIZES[dataset]`` values, trained on
-    ``train`` for ``profile.epochs`` epochs with ``RECOMMENDED_TRAINING``.
+    The converged reference model ``REFERENCES[dataset]`` when it is installed (`cu.load_or_train`);
+    otherwise the recommended autoencoder with a spatial code of ``CODE_SIZES[dataset]`` values,
+    trained on ``train`` for ``profile.epochs`` epochs with ``RECOMMENDED_TRAINING``.
     """
-    import course_utils
+    from ..pretrained import load_or_train
+    from ..training import fit
 
     if dataset not in REFERENCES:
         raise CourseError(f"Chapter 08 has models for {', '.join(REFERENCES)}; got {dataset!r}.")
-    name = REFERENCES[dataset]
-    has = getattr(course_utils, "has_pretrained", None)
-    if has is not None and has(name):
-        model = course_utils.load_pretrained(name)
-        if device is not None:
-            model = model.to(device)
-        info = course_utils.pretrained_info(name)
-        details = ", ".join(f"{key} {info[key]}" for key in ("epochs", "test_mse") if key in info)
-        return model.eval(), f"{dataset}: loaded the reference model {name!r}" + (f" ({details})" if details else "")
 
-    from ..training import fit
+    def train_here() -> nn.Module:
+        if train is None:
+            raise CourseError(f"The reference model {REFERENCES[dataset]!r} is not installed, so chapter_model "
+                              "needs training images: pass the training split as `train`.")
+        torch.manual_seed(seed)
+        model = recommended_autoencoder(train.image_shape, CODE_SIZES[dataset], "spatial")
+        start = time.perf_counter()
+        fit(model, train, epochs=profile.epochs, device=device, seed=seed, desc=f"{dataset} autoencoder",
+            **RECOMMENDED_TRAINING)
+        print(f"{dataset}: trained recommended_autoencoder({train.image_shape}, {CODE_SIZES[dataset]}, 'spatial') "
+              f"for {profile.epochs} epoch(s) on {len(train):,} images in {time.perf_counter() - start:.0f} s")
+        return model
 
-    torch.manual_seed(seed)
-    model = recommended_autoencoder(train.image_shape, CODE_SIZES[dataset], "spatial")
-    start = time.perf_counter()
-    fit(model, train, epochs=profile.epochs, device=device, seed=seed, desc=f"{dataset} autoencoder",
-        **RECOMMENDED_TRAINING)
-    seconds = time.perf_counter() - start
-    return model.eval(), (f"{dataset}: no reference model {name!r} installed, so trained "
-                          f"recommended_autoencoder({train.image_shape}, {CODE_SIZES[dataset]}, 'spatial') for "
-                          f"{profile.epochs} epoch(s) on {len(train):,} images in {seconds:.0f} s")
+    model, what = load_or_train(REFERENCES[dataset], train_here, device)
+    return model.eval(), what
 
 
 def tsne_points(profile: Profile) -> int:
@@ -89,8 +85,8 @@ def flat_pixels(data: ImageData | torch.Tensor) -> np.ndarray:
 
 
 def probe_features(model: nn.Module, train: ImageData, val: ImageData, test: ImageData,
-                 seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Return (train, validation, test) feature arrays for 'codes' (the model's), 'PCA' (as many values) and 'pixels'."""
+                   seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Return (train, validation, test) features for 'codes' (the model's), 'PCA' (as many values) and 'pixels'."""
     codes = tuple(embed_images(model, split).numpy() for split in (train, val, test))
     pixels = tuple(flat_pixels(split) for split in (train, val, test))
     pca = fit_pca(train, codes[0].shape[1], seed=seed)  # fit on the training images only
@@ -143,36 +139,66 @@ def precision_at_k(features: np.ndarray, labels: np.ndarray | torch.Tensor, k: i
     return float((labels[found] == labels[:, None]).mean())
 
 
+def retrieval_rows(features: Mapping[str, np.ndarray], data: ImageData, query: int, k: int = 8
+                   ) -> dict[str, torch.Tensor]:
+    """Return, per kind of feature, the query image then its ``k`` nearest images in ``data``, named with the hit count.
+
+    ``features`` maps a kind ('codes', 'pixels', ...) to one row per image of ``data``; a row's name
+    says how many of the ``k`` share the query's class, e.g. 'codes: 6/8 Sneaker'.
+    """
+    rows = {}
+    for kind, rows_of_kind in features.items():
+        if len(rows_of_kind) != len(data):
+            raise CourseError(f"The {kind!r} features have {len(rows_of_kind)} rows for {len(data)} images.")
+        found = torch.from_numpy(nearest_neighbours(rows_of_kind, [query], k)[0])
+        same = int((data.labels[found] == data.labels[query]).sum())
+        rows[f"{kind}: {same}/{k} {data.classes[int(data.labels[query])]}"] = torch.cat(
+            [data.images[query:query + 1], data.images[found]])
+    return rows
+
+
 # --------------------------------------------------------------------------- the linear probe
 def linear_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
                  test: tuple[np.ndarray, np.ndarray], cs: Sequence[float] = PROBE_C,
-                 max_iter: int = 200) -> dict[str, float]:
+                 max_iter: int = 500, patience: int = 2) -> dict[str, float]:
     """Fit logistic regression on standardised ``train`` features for each C, keep the best on ``val``, score ``test``.
 
-    Each split is (features, labels). Returns the chosen C, the validation and test accuracy, the
-    number of features, and whether the chosen fit converged within ``max_iter`` iterations.
+    Each split is (features, labels). The values of C are tried from the strongest regularisation
+    (smallest C) up, each fit starting from the previous one's weights (a regularisation path),
+    and the path stops once ``patience`` values in a row score below the best on validation (the
+    weakly regularised fits are the slow ones). Returns the chosen C, how many values were tried,
+    the validation and test accuracy, the number of features, and whether the chosen fit converged
+    within ``max_iter``.
     """
+    import copy
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     if not cs:
         raise CourseError("linear_probe needs at least one value of C to try.")
-    best, best_val = None, -1.0
-    for c in cs:
-        probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
+    scaler = StandardScaler().fit(train[0])  # zero mean, unit variance on the training rows
+    x_train, x_val = scaler.transform(train[0]), scaler.transform(val[0])
+    probe = LogisticRegression(max_iter=max_iter, warm_start=True)
+    best, best_val, best_c, tried = None, -1.0, None, 0
+    for c in sorted(cs):
+        tried += 1
         with warnings.catch_warnings(), one_thread():  # a probe stopped at max_iter is reported as not converged
             warnings.simplefilter("ignore", ConvergenceWarning)
-            probe.fit(*train)
-            score = probe.score(*val)
+            probe.set_params(C=c).fit(x_train, train[1])
+            score = probe.score(x_val, val[1])
         if score > best_val:
-            best, best_val, best_c = probe, score, c
-    iterations = int(np.max(best[-1].n_iter_))
-    return {"C": best_c, "val accuracy": best_val, "test accuracy": float(best.score(*test)),
-            "features": int(np.asarray(train[0]).shape[1]), "converged": iterations < max_iter}
+            best, best_val, best_c, worse = copy.deepcopy(probe), score, c, 0
+        else:
+            worse += 1
+            if worse >= patience:
+                break
+    with one_thread():
+        accuracy = float(best.score(scaler.transform(test[0]), test[1]))
+    return {"C": best_c, "C values tried": tried, "val accuracy": best_val, "test accuracy": accuracy,
+            "features": int(np.asarray(train[0]).shape[1]), "converged": int(np.max(best.n_iter_)) < max_iter}
 
 
 # --------------------------------------------------------------------------- interpolation and decoding
@@ -228,20 +254,14 @@ def sample_codes(codes: torch.Tensor, n: int, source: str = "fitted", seed: int 
     return (mean + noise @ root.T).float()
 
 
-@torch.no_grad()
-def nearest_image_mse(images: torch.Tensor, bank: ImageData | torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """Return each image's MSE (on [0, 1]) to its closest image in ``bank``: how far it is from any real one."""
-    bank = bank.images if isinstance(bank, ImageData) else bank
-    if tuple(images.shape[1:]) != tuple(bank.shape[1:]):
-        raise CourseError(f"Images of shape {tuple(images.shape[1:])} cannot be compared with a bank of "
-                          f"{tuple(bank.shape[1:])} images.")
-    x = to_float(images).flatten(1).double()
-    best = torch.full((len(x),), float("inf"), dtype=torch.float64)
-    for i in range(0, len(bank), chunk):
-        b = to_float(bank[i:i + chunk]).flatten(1).double()
-        squared = (x.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1) - 2 * x @ b.T).clamp_(min=0)
-        best = torch.minimum(best, squared.min(1).values)
-    return (best / x.shape[1]).float()
+def round_trip_change(model: nn.Module, codes: torch.Tensor, image_shape: Sequence[int]) -> torch.Tensor:
+    """Return, per code, how much decoding then encoding again moves it: ||encode(decode(z)) - z|| / ||z||.
+
+    Codes of real images come back almost unchanged; a code where the decoder was never trained
+    decodes to an image the encoder does not map back to it.
+    """
+    again = embed_images(model, decode_codes(model, codes, image_shape))
+    return (again - codes.float()).norm(dim=1) / codes.float().norm(dim=1).clamp(min=1e-12)
 
 
 # --------------------------------------------------------------------------- inputs unlike the training data
