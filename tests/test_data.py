@@ -320,8 +320,8 @@ def _save(image, path, **kwargs):
     return path
 
 
-def test_a_folder_of_20000_pictures_loads_exactly_and_reloads_from_its_cache_in_under_a_second(
-        isolated_root, fashion_train):
+def test_a_folder_of_20000_pictures_loads_exactly_and_reloads_from_its_cache_without_decoding(
+        isolated_root, fashion_train, monkeypatch):
     from PIL import Image
     part = fashion_train.subset(20_000, seed=4)
     root = isolated_root.parent / "clothes"
@@ -337,13 +337,13 @@ def test_a_folder_of_20000_pictures_loads_exactly_and_reloads_from_its_cache_in_
     assert [first.classes[k] for k in first.labels.tolist()] == [names[int(part.labels[i])] for i in order]
     cached = cu.data.folder_cache_path(root, image_size=28)
     assert cached.is_file() and cached.parent == isolated_root.parent / "cache" / "course_utils" / "folders"
-    seconds = []
-    for _ in range(3):
-        started = time.perf_counter()
+    # The reload must come from the cache: no picture is opened again. (How fast that is depends on the machine:
+    # chapter 09 measures and prints it; a timed assertion here would only test how busy the test machine is.)
+    with monkeypatch.context() as m:
+        m.setattr(Image, "open", lambda *a, **k: pytest.fail("a cached folder was decoded again"))
         again = cu.load_image_folder(root, image_size=28)
-        seconds.append(time.perf_counter() - started)
     assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
-    assert min(seconds) < 1.0 and min(seconds) < first_seconds / 5, (seconds, first_seconds)
+    print(f"first load {first_seconds:.1f} s (20,000 PNGs)")
     # any change to the folder gives a new key: one more picture is read, the stale pack is removed
     _save(Image.fromarray(part.images[0, 0].numpy()), root / names[0] / "extra.png")
     assert len(cu.load_image_folder(root, image_size=28)) == 20_001
