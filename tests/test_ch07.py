@@ -105,6 +105,17 @@ def test_one_class_refuses_unknown_and_absent_classes():
         cu.one_class(missing, 2)
 
 
+def test_the_one_class_models_share_the_profiles_training_budget():
+    for profile in cu.PROFILES.values():
+        budget = cu.one_class_budget(profile)
+        assert budget["epochs"] == profile.epochs
+        if profile.train_images is None:
+            assert budget["max_images"] is None  # whole splits: every image of the class
+        else:
+            assert 10 * budget["max_images"] <= profile.train_images < 10 * (budget["max_images"] + 1)
+    assert cu.one_class_budget(cu.PROFILES["laptop"]) == {"epochs": 4, "max_images": 1200}
+
+
 def test_the_profile_decides_how_many_cifar_classes_are_run():
     assert cu.cifar_classes(cu.PROFILES["smoke"]) == [0, 1]
     assert cu.cifar_classes(cu.PROFILES["laptop"]) == [0, 1, 2]

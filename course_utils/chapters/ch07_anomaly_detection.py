@@ -48,6 +48,16 @@ def anomaly_labels(data: ImageData, normal_class: int) -> np.ndarray:
     return (data.labels != int(normal_class)).numpy().astype(np.int64)
 
 
+def one_class_budget(profile: Profile, classes: int = 10) -> dict:
+    """Return `train_one_class`'s budget: ``profile.epochs`` epochs on a ``classes``-th of the profile's training images.
+
+    The one-class models of a dataset share the profile's training budget: each trains on at most
+    ``profile.train_images // classes`` images of its class (all of them when the profile uses whole splits).
+    """
+    share = None if profile.train_images is None else max(1, profile.train_images // classes)
+    return {"epochs": profile.epochs, "max_images": share}
+
+
 def cifar_classes(profile: Profile) -> list[int]:
     """Return the CIFAR-10 classes this profile makes normal in turn (all ten unless it is a small profile)."""
     return list(range(CIFAR_CLASSES_BY_PROFILE.get(profile.name, 10)))
