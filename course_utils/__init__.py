@@ -69,11 +69,11 @@ from .chapters.ch06_denoising import (Cutout, GaussianNoise, SaltAndPepper, beat
                                       choose_filter_parameter, corrupt, cross_sigma_table, denoising_frame,
                                       denoising_scores, gaussian_blur, image_scores, median_filter, per_image_psnr,
                                       plot_filter_tuning, plot_psnr_vs_sigma, restoration_scores, show_worst_cases)
-from .chapters.ch07_anomaly_detection import (OneClassRun, anomaly_labels, auc_table, cifar_classes, digits_images,
-                                              fit_pca, one_class, one_class_budget, one_class_runs, ood_inputs,
-                                              ood_table, pca_errors, plot_auc_table, plot_error_histograms,
-                                              plot_roc_curves, rates_table, roc_auc, show_extremes, threshold_at,
-                                              threshold_rates, train_one_class)
+from .chapters.ch07_anomaly_detection import (OneClassRun, anomaly_labels, auc_difference, auc_differences,
+                                              auc_table, cifar_classes, digits_images, fit_pca, one_class,
+                                              one_class_budget, one_class_runs, ood_inputs, ood_table, pca_errors,
+                                              plot_auc_table, plot_error_histograms, plot_roc_curves, rates_table,
+                                              roc_auc, show_extremes, threshold_at, threshold_rates, train_one_class)
 from .chapters.ch08_latent_space import (decode_codes, embed_2d, interpolate, interpolation_strips, linear_probe,
                                          nearest_neighbours, odd_images, plot_2d_maps, precision_at_k, probe_features,
                                          retrieval_rows, round_trip_change, sample_codes, show_rows)
@@ -129,10 +129,10 @@ __all__ = [
     "cross_sigma_table", "denoising_frame", "denoising_scores", "gaussian_blur", "image_scores", "median_filter",
     "per_image_psnr", "plot_filter_tuning", "plot_psnr_vs_sigma", "restoration_scores", "show_worst_cases",
     # chapter 07: anomaly detection
-    "OneClassRun", "anomaly_labels", "auc_table", "cifar_classes", "digits_images", "fit_pca", "one_class",
-    "one_class_budget", "one_class_runs", "ood_inputs", "ood_table", "pca_errors", "plot_auc_table",
-    "plot_error_histograms", "plot_roc_curves", "rates_table", "roc_auc", "show_extremes", "threshold_at",
-    "threshold_rates", "train_one_class",
+    "OneClassRun", "anomaly_labels", "auc_difference", "auc_differences", "auc_table", "cifar_classes",
+    "digits_images", "fit_pca", "one_class", "one_class_budget", "one_class_runs", "ood_inputs", "ood_table",
+    "pca_errors", "plot_auc_table", "plot_error_histograms", "plot_roc_curves", "rates_table", "roc_auc",
+    "show_extremes", "threshold_at", "threshold_rates", "train_one_class",
     # chapter 08: the latent space
     "decode_codes", "embed_2d", "interpolate", "interpolation_strips", "linear_probe", "nearest_neighbours",
     "odd_images", "plot_2d_maps", "precision_at_k", "probe_features", "retrieval_rows", "round_trip_change",

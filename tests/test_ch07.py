@@ -42,6 +42,30 @@ def test_auc_refuses_a_single_class_and_mismatched_lengths():
         cu.roc_auc([0.1, 0.2, 0.3], [0, 1])
 
 
+def test_the_bootstrap_auc_rows_match_scikit_learn_with_ties():
+    from sklearn.metrics import roc_auc_score
+    from course_utils.chapters.ch07_anomaly_detection import _auc_rows
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 20, (5, 300)).astype(float)  # many ties
+    labels = (rng.random((5, 300)) < 0.3).astype(np.int64)
+    assert np.allclose(_auc_rows(scores, labels), [roc_auc_score(labels[i], scores[i]) for i in range(5)])
+
+
+def test_a_paired_bootstrap_separates_a_real_difference_from_noise():
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(1800), np.ones(200)]
+    same_a, same_b = rng.normal(size=2000) + labels, rng.normal(size=2000) + labels  # equally good scorers
+    tie = cu.auc_difference(same_a, same_b, labels)
+    assert tie["low"] < 0 < tie["high"] and tie["low"] <= tie["difference"] <= tie["high"]
+    better = cu.auc_difference(same_a + labels, same_b, labels)  # a separates twice as far
+    assert better["low"] > 0.05 and better["difference"] == pytest.approx(
+        cu.roc_auc(same_a + labels, labels) - cu.roc_auc(same_b, labels))
+    assert cu.auc_difference(same_a, same_b, labels, seed=3) != tie  # the seed draws other resamples
+    with pytest.raises(cu.CourseError, match="same images"):
+        cu.auc_difference(same_a, same_b[:10], labels)
+
+
 # --------------------------------------------------------------------------- the threshold rule
 def test_threshold_is_the_percentile_of_normal_errors_and_its_rates_are_counted_exactly():
     normal_val = np.arange(1, 101, dtype=float)  # 1..100
@@ -210,6 +234,9 @@ def test_a_one_class_run_scores_trousers_against_the_rest(fashion_train, fashion
     assert list(table.index) == ["Trouser", "mean"]
     assert list(table.columns) == ["autoencoder AUC", "PCA AUC", "constant AUC", "seconds"]
     assert table.loc["mean", "PCA AUC"] == pytest.approx(run.auc("PCA"))
+    differences = cu.auc_differences({"Trouser": run}, n_boot=200)
+    assert differences.loc["Trouser", "difference"] == pytest.approx(run.auc("autoencoder") - run.auc("PCA"))
+    assert differences.loc["Trouser", "verdict"] in ("autoencoder better", "PCA better", "within noise")
     rates_frame = cu.rates_table({"Trouser": run}, "PCA")
     assert rates_frame.loc["Trouser", "detection_rate"] == rates["detection_rate"]
     fig = cu.plot_roc_curves({"Trouser": run})

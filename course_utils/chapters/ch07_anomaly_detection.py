@@ -50,7 +50,7 @@ def anomaly_labels(data: ImageData, normal_class: int) -> np.ndarray:
 
 
 def one_class_budget(profile: Profile, classes: int = 10) -> dict:
-    """Return `train_one_class`'s budget: ``profile.epochs`` epochs on a ``classes``-th of the profile's training images.
+    """Return `train_one_class`'s budget: ``profile.epochs`` epochs on a ``classes``-th of the training images.
 
     The one-class models of a dataset share the profile's training budget: each trains on at most
     ``profile.train_images // classes`` images of its class (all of them when the profile uses whole splits).
@@ -80,6 +80,50 @@ def roc_auc(scores, is_anomaly) -> float:
         raise CourseError("ROC-AUC needs both normal (0) and anomalous (1) images among the labels, got only "
                           f"{np.unique(is_anomaly).tolist()}: score a split that holds other classes too.")
     return float(roc_auc_score(is_anomaly, scores))
+
+
+def _auc_rows(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Return the ROC-AUC of each row of scores against the same row of 0/1 labels (ranks, ties averaged)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores, axis=1)
+    positives = labels.sum(1)
+    negatives = labels.shape[1] - positives
+    return (np.where(labels == 1, ranks, 0.0).sum(1) - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def auc_difference(scores_a, scores_b, is_anomaly, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Return ROC-AUC(a) - ROC-AUC(b) on the same images, with a 95% paired bootstrap interval.
+
+    Each of ``n_boot`` resamples draws the images with replacement and scores both methods on the
+    same draw; the interval is the 2.5th to 97.5th percentile of the differences. When it excludes
+    0, the difference is larger than what re-drawing this many test images would explain.
+    """
+    a, b = _as_numpy(scores_a).ravel(), _as_numpy(scores_b).ravel()
+    labels = _as_numpy(is_anomaly).ravel().astype(np.int64)
+    if a.shape != b.shape:
+        raise CourseError(f"Got {a.size} and {b.size} scores: score the same images with both methods.")
+    difference = roc_auc(a, labels) - roc_auc(b, labels)  # also checks lengths and that both kinds are there
+    idx = np.random.default_rng(seed).integers(0, labels.size, (n_boot, labels.size))
+    draws = labels[idx]
+    keep = (draws.min(1) == 0) & (draws.max(1) == 1)  # a draw needs both kinds of image
+    idx, draws = idx[keep], draws[keep]
+    diffs = _auc_rows(a[idx], draws) - _auc_rows(b[idx], draws)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return {"difference": float(difference), "low": float(low), "high": float(high)}
+
+
+def auc_differences(runs: Mapping[str, "OneClassRun"], a: str = "autoencoder", b: str = "PCA",
+                    n_boot: int = 1000):
+    """Return, per normal class, `auc_difference` of two methods' test scores and whether it is clear of zero."""
+    import pandas as pd
+
+    rows = {name: auc_difference(run.test_errors[a], run.test_errors[b], run.is_anomaly, n_boot)
+            for name, run in runs.items()}
+    frame = pd.DataFrame.from_dict(rows, orient="index").rename_axis("normal class")
+    frame["verdict"] = np.where(frame["low"] > 0, f"{a} better", np.where(frame["high"] < 0, f"{b} better",
+                                                                           "within noise"))
+    return frame
 
 
 def fit_pca(train: ImageData, n_components: int, seed: int = 0):
