@@ -267,8 +267,15 @@ def test_error_histograms_draw_single_images_as_lines_on_a_log_axis():
     errors = {"test": torch.rand(200) / 10 + 0.01, "noise": torch.rand(50) + 0.5, "black": torch.tensor([0.002])}
     fig = cu.plot_error_histograms(errors, "test", threshold=0.1)
     ax = fig.axes[0]
-    assert ax.get_xscale() == "log" and "reconstruction error" in ax.get_xlabel() and ax.get_ylabel() == "density"
+    assert ax.get_xscale() == "log" and "reconstruction error" in ax.get_xlabel() and "share" in ax.get_ylabel()
     assert len(ax.lines) == 2  # the single black image and the threshold
+    assert 0.002 < ax.lines[0].get_xdata()[0] <= float(errors["test"].min())  # below the range: at the left edge
+    assert len(ax.patches) == 2  # one filled histogram per set of several images
+    for patch in ax.patches:  # bars are shares of the set's images: none above 1, the tallest at least 1/bins
+        assert 1 / 60 <= patch.get_path().vertices[:, 1].max() <= 1
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 2)
+    assert cu.plot_error_histograms(errors, "test", ax=axes[1]) is fig and axes[1].get_xscale() == "log"
     plt.close(fig)
 
 

@@ -353,35 +353,39 @@ def plot_auc_table(table, title: str | None = None):
 
 
 def plot_error_histograms(errors: Mapping[str, torch.Tensor], reference: str, threshold: float | None = None,
-                          bins: int = 60, title: str | None = None):
-    """Draw reconstruction-error histograms (log x axis, densities) of several image sets; return the Figure.
+                          bins: int = 60, title: str | None = None, ax=None):
+    """Draw reconstruction-error histograms of several image sets on one log axis; return the Figure.
 
-    ``reference`` names the in-distribution set; a set of a single image is drawn as a vertical line.
+    Each set's bars add up to 1 (the share of its images in each bin), so sets of different sizes
+    compare directly. ``reference`` names the in-distribution set; a set of a single image is drawn
+    as a vertical line (at the axis' left edge when its error is below the other sets' range).
     """
     import matplotlib.pyplot as plt
 
-    values = {name: _as_numpy(e).ravel() for name, e in errors.items()}
-    low = max(min(v.min() for v in values.values()), 1e-6)
+    values = {name: _as_numpy(e).ravel().astype(np.float64) for name, e in errors.items()}
+    spread = [v for v in values.values() if v.size > 1] or list(values.values())
+    low = max(min(v.min() for v in spread), 1e-8)
     high = max(v.max() for v in values.values())
     edges = np.geomspace(low * 0.9, high * 1.1, bins)
-    fig, ax = plt.subplots(figsize=(9, 4))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 4))
     colors = iter(plt.cm.tab10(np.arange(10)))
     for name, v in values.items():
         color = next(colors)
         if v.size == 1:
-            ax.axvline(max(v[0], low), color=color, lw=2, label=f"{name} (1 image): {v[0]:.4f}")
+            ax.axvline(max(v[0], edges[0]), color=color, lw=2, label=f"{name} (1 image): {v[0]:.2g}")
         else:
-            ax.hist(v, bins=edges, density=True, alpha=0.45 if name != reference else 0.7, color=color,
-                    label=f"{name} ({v.size:,} images)", histtype="stepfilled")
+            ax.hist(v, bins=edges, weights=np.full(v.size, 1.0 / v.size), alpha=0.7 if name == reference else 0.5,
+                    color=color, label=f"{name} ({v.size:,} images)", histtype="stepfilled")
     if threshold is not None:
         ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.4f}")
     ax.set_xscale("log")
     ax.set_xlabel("reconstruction error (per-image MSE on [0, 1], log scale)")
-    ax.set_ylabel("density")
+    ax.set_ylabel("share of the set's images per bin")
     ax.legend(fontsize=8)
     ax.set_title(title or f"Reconstruction errors: {reference} against out-of-distribution inputs")
-    fig.tight_layout()
-    return fig
+    ax.figure.tight_layout()
+    return ax.figure
 
 
 def show_extremes(data: ImageData, errors, n: int = 8, title: str | None = None):
