@@ -40,37 +40,40 @@ MODELS = {"recommended": "the course's recommended autoencoder (--latent, --bott
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Return the command line's options."""
-    rec = RECOMMENDED_TRAINING
-    p = argparse.ArgumentParser(prog="python -m course_utils.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default="fashion-mnist",
-                   help="a dataset the course knows (fashion-mnist, cifar10, stl10, flowers102) or a pack (.npz)")
+    rec, default = RECOMMENDED_TRAINING, " (default: %(default)s)"
+    p = argparse.ArgumentParser(prog="python -m course_utils.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="fashion-mnist", help="a dataset the course knows (fashion-mnist, cifar10, "
+                   "stl10, flowers102) or a pack (.npz)" + default)
     p.add_argument("--image-size", type=int, default=None, help="resize the images to this side")
     p.add_argument("--train-images", type=int, default=None,
-                   help="training images (default: the profile's share of the split)")
-    p.add_argument("--profile", default=None, help="smoke, laptop or gpu (default: $COURSE_PROFILE, else by hardware)")
-    p.add_argument("--model", default="recommended", choices=sorted(MODELS), help="the autoencoder to train")
-    p.add_argument("--latent", type=int, default=196, help="code size")
-    p.add_argument("--bottleneck", default="flat", choices=["flat", "spatial"])
-    p.add_argument("--epochs", type=int, default=None, help="default: the profile's")
-    p.add_argument("--batch-size", type=int, default=rec["batch_size"], help="the global batch (all processes)")
-    p.add_argument("--lr", type=float, default=rec["lr"])
-    p.add_argument("--weight-decay", type=float, default=rec["weight_decay"])
-    p.add_argument("--optimizer", default=rec["optimizer"])
-    p.add_argument("--schedule", default=rec["schedule"], help="onecycle, cosine or none")
-    p.add_argument("--amp", default="auto", help="auto, bf16, fp16 or none")
+                   help="how many training images (default: the profile's share of the split)")
+    p.add_argument("--profile", default=None,
+                   help="smoke, laptop or gpu (default: $COURSE_PROFILE, else chosen by the hardware)")
+    p.add_argument("--model", default="recommended", choices=sorted(MODELS),
+                   help="; ".join(f"{k}: {v}" for k, v in MODELS.items()) + default)
+    p.add_argument("--latent", type=int, default=196, help="code size" + default)
+    p.add_argument("--bottleneck", default="flat", choices=["flat", "spatial"], help="the code's shape" + default)
+    p.add_argument("--epochs", type=int, default=None, help="(default: the profile's)")
+    p.add_argument("--batch-size", type=int, default=rec["batch_size"],
+                   help="the global batch, split evenly over the processes" + default)
+    p.add_argument("--lr", type=float, default=rec["lr"], help="peak learning rate" + default)
+    p.add_argument("--weight-decay", type=float, default=rec["weight_decay"], help=default.strip())
+    p.add_argument("--optimizer", default=rec["optimizer"], help="adamw, adam or sgd" + default)
+    p.add_argument("--schedule", default=rec["schedule"], help="onecycle, cosine or none" + default)
+    p.add_argument("--amp", default="auto", help="mixed precision: auto, bf16, fp16 or none" + default)
     p.add_argument("--device", default=None, help="cuda or cpu (default: the best one here)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the batch order's seed, and the model's" + default)
     p.add_argument("--loader", default="resident", choices=["resident", "dataloader"],
                    help="resident: uint8 images kept on the device; dataloader: a DataLoader with a "
-                        "DistributedSampler, workers and pinned memory, for data that does not fit there")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per training process")
+                        "DistributedSampler, workers and pinned memory, for data that does not fit there" + default)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers per training process" + default)
     p.add_argument("--checkpoint", default=None, help="where rank 0 saves the run (atomically)")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="also save every N steps")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="also save every N steps (default: at each epoch's end only)")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     p.add_argument("--stop-after-steps", type=int, default=None, help="stop early, as an interruption would")
     p.add_argument("--test", action="store_true", help="score the trained model on the test split (rank 0)")
-    p.add_argument("--report", default=None, help="rank 0 writes a JSON report of the run here")
+    p.add_argument("--report", default=None, help="where rank 0 writes a JSON report of the run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 

@@ -147,6 +147,40 @@ def _failure(output: str, returncode: int, processes: int, with_traceback: bool 
     return message
 
 
+def _descendants(pid: int) -> list[int]:
+    """Return the ids of every process below ``pid`` (read from /proc; empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _stop_tree(proc: subprocess.Popen) -> None:
+    """Kill torchrun and every process it started (its workers run in sessions of their own)."""
+    try:
+        os.kill(proc.pid, signal.SIGSTOP)  # frozen, it starts nothing new while its tree is read
+    except ProcessLookupError:
+        pass
+    for pid in [*_descendants(proc.pid), proc.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def run_torchrun(args: list[str], processes: int, *, module: str | None = "course_utils.train",
                  script: str | Path | None = None, threads_per_process: int | None = None, timeout_s: float = 600,
                  echo: bool = True, env: dict | None = None) -> str:
@@ -165,16 +199,13 @@ def run_torchrun(args: list[str], processes: int, *, module: str | None = "cours
     if echo:
         print(f"$ OMP_NUM_THREADS={threads} {_readable(command)}", flush=True)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env,
-                            start_new_session=True)  # its own process group: a timeout stops every rank
+                            start_new_session=True)  # a timeout stops torchrun, its workers and theirs
     text = io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace", newline="\n")  # keep \r in lines
     timed_out = threading.Event()
 
     def stop() -> None:
         timed_out.set()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _stop_tree(proc)
 
     timer = threading.Timer(timeout_s, stop)
     timer.start()
@@ -189,7 +220,7 @@ def run_torchrun(args: list[str], processes: int, *, module: str | None = "cours
     finally:
         timer.cancel()
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _stop_tree(proc)
             proc.wait()
     output = "\n".join(lines)
     if timed_out.is_set():
@@ -201,12 +232,24 @@ def run_torchrun(args: list[str], processes: int, *, module: str | None = "cours
     return output
 
 
+def _busy_seconds() -> float | None:
+    """Return the machine's busy CPU seconds since boot, all cores together (None without /proc/stat)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def torchrun_train(processes: int, *, threads_per_process: int | None = None, timeout_s: float = 600,
                    echo: bool = True, **options) -> dict:
     """Train with ``python -m course_utils.train`` on ``processes`` processes; return rank 0's report.
 
     ``options`` are the script's (``dataset="fashion-mnist", latent=196, epochs=2``: underscores
-    become dashes, True becomes a bare flag); see ``python -m course_utils.train --help``.
+    become dashes, True becomes a bare flag); see ``python -m course_utils.train --help``. The
+    report adds ``launch_seconds`` (the command's wall time) and ``others_cpu_share``: the share of
+    all cores that other programs used meanwhile (None where unknown), which slows any measurement.
     """
     with tempfile.TemporaryDirectory() as folder:
         report = Path(folder) / "report.json"
@@ -217,11 +260,14 @@ def torchrun_train(processes: int, *, threads_per_process: int | None = None, ti
             args.append("--" + key.replace("_", "-"))
             if value is not True:
                 args.append(str(value))
-        t0 = time.perf_counter()
+        busy0, own0, t0 = _busy_seconds(), sum(os.times()[:4]), time.perf_counter()  # own: with waited children
         run_torchrun([*args, "--report", str(report)], processes, threads_per_process=threads_per_process,
                      timeout_s=timeout_s, echo=echo)
+        wall, busy = time.perf_counter() - t0, _busy_seconds()
         result = json.loads(report.read_text())
-        result["launch_seconds"] = time.perf_counter() - t0  # from the command to the last process's exit
+        result["launch_seconds"] = wall  # from the command to the last process's exit
+        others = None if busy is None else (busy - busy0) - (sum(os.times()[:4]) - own0)
+        result["others_cpu_share"] = None if others is None else min(1.0, max(0.0, others) / (wall * _cores()))
     return result
 
 
