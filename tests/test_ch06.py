@@ -1,7 +1,10 @@
 """Chapter 06 (denoising autoencoders): corruptions, filters, scores, the stored notebook."""
 from __future__ import annotations
 
+import json
 import math
+import re
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -11,6 +14,9 @@ from scipy import ndimage
 
 import course_utils as cu
 from course_utils.chapters import ch06_denoising as ch06
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "06_denoising_autoencoders.ipynb"
+
 
 def _grey(n: int = 64, side: int = 32, value: float = 0.5) -> torch.Tensor:
     return torch.full((n, 1, side, side), value)
@@ -140,7 +146,8 @@ def test_filter_parameter_is_chosen_on_the_images_it_is_given():
 
 
 def test_denoising_scores_tune_filters_on_validation_and_score_on_test(monkeypatch, fashion_test):
-    val, test = fashion_test.subset(200, seed=1), fashion_test.subset(150, seed=2)
+    rest, val = fashion_test.split_off(300, seed=1)  # disjoint validation and test images
+    test = rest.subset(150, seed=2)
     calls = []
     original = ch06.choose_filter_parameter
 
@@ -149,8 +156,10 @@ def test_denoising_scores_tune_filters_on_validation_and_score_on_test(monkeypat
         return original(name, noisy_val, clean_val, params)
 
     monkeypatch.setattr(ch06, "choose_filter_parameter", spy)
-    table = cu.denoising_scores(test, val, {}, sigmas=(0.2,), progress=False)
-    assert len(calls) == len(ch06.FILTERS) and all(c is val for c in calls)
+    table = cu.denoising_scores(test, val, {}, sigmas=(0.2,), progress=False, validation_images=100)
+    assert len(calls) == len(ch06.FILTERS)
+    for clean in calls:  # a fixed share of the validation images, none of the test split's
+        assert len(clean) == 100 and torch.equal(clean.images, val.subset(100, seed=0).images)
     row = table[0.2]
     assert set(row) == {"noisy input", *ch06.FILTERS}
     assert row["Gaussian blur"]["parameter"] in ch06.BLUR_SIGMAS
@@ -244,3 +253,49 @@ def test_corruption_settings_that_make_no_sense_say_how_to_fix_them():
 def test_scoring_images_against_the_wrong_originals_is_caught():
     with pytest.raises(cu.CourseError, match="differ in shape"):
         cu.image_scores(torch.rand(10, 1, 28, 28), torch.rand(12, 1, 28, 28))
+
+
+# --------------------------------------------------------------------------- the stored notebook
+def _outputs_text(nb: dict) -> str:
+    parts = []
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            parts.append("".join(out.get("text", "")))
+            parts.append("".join(out.get("data", {}).get("text/plain", "")))
+    return "\n".join(parts)
+
+
+def test_stored_notebook_is_a_clean_laptop_run_that_prints_its_verdict():
+    nb = json.loads(NOTEBOOK.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(c.get("execution_count") for c in code), "every code cell was executed"
+    assert not any(o["output_type"] == "error" for c in code for o in c["outputs"])
+    text = _outputs_text(nb)
+    assert "profile=laptop" in text
+    assert "the denoiser beats the best classical filter at every sigma" in text
+    sources = "\n".join("".join(c["source"]) for c in code)
+    assert "input_transform=" in sources and "cu.denoising_scores" in sources
+    assert sum("".join(c["source"]).startswith("# NBVAL_CHECK_OUTPUT") for c in code) >= 2
+
+
+def test_the_stored_verdict_follows_from_the_stored_table_and_the_prose_says_the_same():
+    nb = json.loads(NOTEBOOK.read_text())
+    text = _outputs_text(nb)
+    rows = [line.split() for line in text.splitlines() if line.split()[:1] and line.split()[-1:]
+            and _is_float_row(line)]
+    # the combined PSNR table: [dataset] sigma noisy blur median plainAE denoiser
+    table = [list(map(float, r[-5:])) for r in rows if len(r) in (6, 7)]
+    assert len(table) == 8, "the one table has 4 noise levels for each of the 2 datasets"
+    met = all(denoiser > max(blur, median) for _, blur, median, _, denoiser in table)
+    verdict = re.search(r"target \(every sigma, both datasets\): (met|missed)", text).group(1)
+    assert verdict == ("met" if met else "missed")
+    prose = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    assert ("**Met" in prose) == met and ("**Missed" in prose) == (not met)
+
+
+def _is_float_row(line: str) -> bool:
+    try:
+        [float(v) for v in line.split()[-5:]]
+        return "sigma" not in line and "." in line.split()[-1] and len(line.split()) >= 6
+    except ValueError:
+        return False

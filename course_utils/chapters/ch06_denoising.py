@@ -21,7 +21,7 @@ from ..models import ConvAutoencoder, recommended_autoencoder
 
 SIGMAS = (0.1, 0.2, 0.3, 0.5)  # noise levels on [0, 1] images, the chapter's x axis
 TRAIN_SIGMAS = (0.05, 0.55)  # the blind denoiser draws each training image's sigma uniformly from this range
-BLUR_SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # Gaussian blur widths (pixels) to choose from on validation
+BLUR_SIGMAS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # Gaussian blur widths (pixels) to choose from on validation
 MEDIAN_SIZES = (3, 5)  # median filter windows (pixels) to choose from on validation
 
 
@@ -219,35 +219,38 @@ def choose_filter_parameter(name: str, noisy_val: torch.Tensor, clean_val: Image
 
 def restoration_scores(test: ImageData, val: ImageData, models: Mapping[str, nn.Module],
                        corruptions: Mapping, filters: Sequence[str] = tuple(FILTERS), seed: int = 0,
-                       keep: int = 0, progress: bool = True, table: Mapping | None = None) -> dict:
+                       keep: int = 0, progress: bool = True, table: Mapping | None = None, ssim: bool = True,
+                       validation_images: int | None = 500) -> dict:
     """Score the corrupted input, each filter and each model under each corruption: ``table[key][method]``.
 
     ``corruptions`` maps a key (a noise level, a name) to a corruption. For each, the validation
     split gets its own corruption and each filter's parameter is the one with the best validation
-    PSNR; the test split's corruption (fixed by ``seed``) is then shared by every method. Each entry
-    holds ``psnr``, ``ssim`` and ``mse`` on the test split; a filter's also its ``parameter`` and the
+    PSNR on ``validation_images`` of them (a fixed subset; None: all); the test split's corruption
+    (fixed by ``seed``) is then shared by every method. Each entry holds ``psnr``, ``ssim`` (unless
+    ``ssim=False``) and ``mse`` on the test split; a filter's also its ``parameter`` and the
     ``validation`` PSNR of every candidate. With ``keep=n`` each entry holds its first ``n``
     restored images (``images``). Pass an earlier result as ``table`` (same test split, seed and
     corruptions) to add models to it without scoring its entries again.
     """
     from tqdm.auto import tqdm
 
+    val = val.subset(validation_images, seed=seed) if isinstance(val, ImageData) else val[:validation_images]
     result: dict = {}
     for key, corruption in tqdm(list(corruptions.items()), desc="corruptions", unit="level", disable=not progress):
         row: dict[str, dict] = dict(table[key]) if table is not None and key in table else {}
         noisy_test = corrupt(test, corruption, seed=seed)
         if "noisy input" not in row:
-            row["noisy input"] = {**image_scores(noisy_test, test), "images": noisy_test[:keep]}
+            row["noisy input"] = {**image_scores(noisy_test, test, ssim), "images": noisy_test[:keep]}
         todo = [name for name in filters if name not in row]
         noisy_val = corrupt(val, corruption, seed=seed + 1) if todo else None  # other noise than the test split's
         for name in todo:
             best, candidates = choose_filter_parameter(name, noisy_val, val)
             restored = FILTERS[name][0](noisy_test, best)
-            row[name] = {**image_scores(restored, test), "parameter": best, "validation": candidates,
+            row[name] = {**image_scores(restored, test, ssim), "parameter": best, "validation": candidates,
                          "images": restored[:keep]}
         for name, model in models.items():
             restored = reconstruct(model, noisy_test)
-            row[name] = {**image_scores(restored, test), "images": restored[:keep]}
+            row[name] = {**image_scores(restored, test, ssim), "images": restored[:keep]}
         if not keep:
             row = {name: {k: v for k, v in entry.items() if k != "images"} for name, entry in row.items()}
         result[key] = row
@@ -256,14 +259,15 @@ def restoration_scores(test: ImageData, val: ImageData, models: Mapping[str, nn.
 
 def denoising_scores(test: ImageData, val: ImageData, models: Mapping[str, nn.Module],
                      sigmas: Sequence[float] = SIGMAS, filters: Sequence[str] = tuple(FILTERS), seed: int = 0,
-                     keep: int = 0, progress: bool = True, table: Mapping | None = None) -> dict[float, dict]:
+                     keep: int = 0, progress: bool = True, table: Mapping | None = None, ssim: bool = True,
+                     validation_images: int | None = 500) -> dict[float, dict]:
     """Score the noisy input, each filter and each model at every Gaussian noise level: ``table[sigma][method]``.
 
     `restoration_scores` with ``GaussianNoise(sigma)`` for each sigma: filters tuned on ``val``,
     everything scored on the same noisy ``test`` images; ``table`` adds models to an earlier result.
     """
     return restoration_scores(test, val, models, {sigma: GaussianNoise(sigma) for sigma in sigmas}, filters,
-                              seed, keep, progress, table)
+                              seed, keep, progress, table, ssim, validation_images)
 
 
 def denoising_frame(table: Mapping, metrics: str | Sequence[str] = ("psnr", "ssim")):
