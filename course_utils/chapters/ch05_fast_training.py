@@ -1,11 +1,17 @@
-"""Chapter 05 (fast training): the seed tutorials' loop, the improvement ladder, GPU memory by batch size."""
+"""Chapter 05 (fast training): the seed tutorials' loop, the improvement ladder, GPU memory by batch size.
+
+Also the GPU numbers measured by ``benchmarks/gpu_suite.py`` (`gpu_results`), for a learner without a GPU.
+"""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
+import json
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -100,10 +106,29 @@ LADDER_OPTIONS = ("batch_size", "channels_last", "amp", "fused", "compile", "opt
 PLAIN_STEP = {"optimizer": "adam", "amp": False, "channels_last": False, "fused": False, "compile": False}
 
 
+def ladder_changes(on_cuda: bool, seed_batch: int = 64, larger_batches: Sequence[int] = (256,),
+                   compile: bool | str = True) -> list[tuple[str, dict | str]]:
+    """Return the ladder's rungs: the article's batch, larger batches, then each recommended setting in turn.
+
+    fp16 with a gradient scaler is a CUDA recipe, so off CUDA its rung is a string saying why;
+    ``compile`` may be a string too (why torch.compile is left out of this run).
+    """
+    changes: list[tuple[str, dict | str]] = [(f"uint8 on the device, batch {seed_batch}", {"batch_size": seed_batch})]
+    changes += [(f"+ larger batch ({b})", {"batch_size": b}) for b in larger_batches]
+    changes += [("+ channels_last", {"channels_last": True}), ("+ bf16 autocast", {"amp": "bf16"}),
+                ("+ fp16 autocast + GradScaler", {"amp": "fp16"} if on_cuda else
+                 "n/a on CPU: fp16 autocast with a GradScaler is a CUDA recipe (CPUs use bf16)"),
+                ("+ fused Adam", {"fused": True}),
+                ("+ torch.compile", compile if isinstance(compile, str) else {"compile": True} if compile
+                 else "not asked for in this run")]
+    return changes
+
+
 def improvement_ladder(build_model, data: ImageData, changes: Sequence[tuple[str, dict | str]], *,
                        images_per_repeat: int = 1024, warmup: int = 2, repeats: int = 3,
                        device: torch.device | str | None = None, lr: float = 1e-3, seed: int = 0,
-                       verbose: bool = True) -> tuple[dict[str, Throughput | str], dict]:
+                       verbose: bool = True, on_row: Callable[[str, Throughput | str], None] | None = None
+                       ) -> tuple[dict[str, Throughput | str], dict]:
     """Measure each change on top of the fastest settings so far; return results and the kept settings.
 
     ``changes`` is a list of (name, settings) where settings holds some of batch_size,
@@ -114,6 +139,7 @@ def improvement_ladder(build_model, data: ImageData, changes: Sequence[tuple[str
     median is higher, and later rows build on the kept settings. Each row's note gives the change
     against that reference and the reference's own median (it can differ from the reference's row
     in the table, which was timed earlier, when the machine may have run faster or slower).
+    ``on_row(name, result)`` is called after each row (to save it; an exception it raises stops the ladder).
     """
     device = torch.device(device) if device is not None else get_device()
     results: dict[str, Throughput | str] = {}
@@ -124,6 +150,8 @@ def improvement_ladder(build_model, data: ImageData, changes: Sequence[tuple[str
             results[name] = change
             if verbose:
                 print(f"{name:34s} {change}")
+            if on_row is not None:
+                on_row(name, change)
             continue
         unknown = set(change) - set(LADDER_OPTIONS)
         if unknown:
@@ -151,6 +179,8 @@ def improvement_ladder(build_model, data: ImageData, changes: Sequence[tuple[str
             results[name] = f"failed here: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
             if verbose:
                 print(f"{name:34s} {results[name]}")
+            if on_row is not None:
+                on_row(name, results[name])
             continue
         r = Throughput(statistics.median(rates), rates, bs, steps * bs * repeats, sum(seconds),
                        candidate.loss_values(), warmup_seconds, None, candidate.settings)
@@ -168,6 +198,8 @@ def improvement_ladder(build_model, data: ImageData, changes: Sequence[tuple[str
         results[name] = r
         if verbose:
             print(f"{name:34s} {r.images_per_second:8,.0f} images/s  {r.note}", flush=True)
+        if on_row is not None:
+            on_row(name, r)
     return results, kept
 
 
@@ -211,3 +243,63 @@ def peak_memory_by_batch_size(model: nn.Module, image_shape: Sequence[int], batc
     gc.collect()
     torch.cuda.empty_cache()
     return result
+
+
+# --------------------------------------------------------------------------- stored GPU numbers
+GPU_RESULTS_FILE = "gpu_suite.json"  # what benchmarks/gpu_suite.py writes (benchmarks/results/ in the repository)
+
+
+@dataclasses.dataclass
+class GpuResults:
+    """A stored run of ``benchmarks/gpu_suite.py``: where it ran, and its speed ladder."""
+
+    header: dict  # card, driver, cuda, torch, date, machine
+    ladder: "pandas.DataFrame"  # one row per setup: batch, images/s, x the article's loop, status, note
+    target: dict  # the best setting against the article's loop: ratio, target, verdict
+    path: Path
+
+
+def _gpu_results_candidates() -> list[Path]:
+    """Return where a stored results file may be: shipped with the package, then the repository's results folder."""
+    package = Path(__file__).resolve().parent.parent
+    return [package / "pretrained" / GPU_RESULTS_FILE, package.parent / "benchmarks" / "results" / GPU_RESULTS_FILE]
+
+
+def gpu_results(path: str | Path | None = None) -> GpuResults | None:
+    """Return the speed ladder and header of a stored GPU suite run; None when no results file is stored.
+
+    ``path`` names the file; by default the package's copy, then the repository's
+    ``benchmarks/results/gpu_suite.json``. Rows the run skipped keep their reason in ``note``.
+    """
+    import pandas as pd
+
+    if path is not None:
+        found = Path(path)
+        if not found.is_file():
+            raise CourseError(f"No GPU suite results at {found}. Run benchmarks/gpu_suite.py (see "
+                              "benchmarks/README.md, 'GPU suite') or leave path=None for the stored file.")
+    else:
+        found = next((p for p in _gpu_results_candidates() if p.is_file()), None)
+        if found is None:
+            return None
+    try:
+        run = json.loads(found.read_text())
+        part = run["parts"]["ladder"]
+        header = {k: run["header"].get(k) for k in ("card", "driver", "cuda", "torch", "date", "machine", "device")}
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CourseError(f"{found} is not a results file of benchmarks/gpu_suite.py ({type(e).__name__}: {e}). "
+                          "Run the suite again to rewrite it.") from e
+    target = part.get("target") or {}
+    base = target.get("baseline_images_per_second")
+    rows = []
+    for r in part.get("rows", []):
+        rate = r.get("images_per_second")
+        rows.append({"setup": r["setup"], "batch": r.get("batch_size"),
+                     "images/s": round(rate) if rate is not None else None,
+                     "x article's loop": round(rate / base, 2) if rate is not None and base else None,
+                     "status": r["status"], "note": r.get("note") or r.get("reason") or ""})
+    ladder = pd.DataFrame(rows, columns=["setup", "batch", "images/s", "x article's loop", "status", "note"])
+    ladder = ladder.set_index("setup")
+    for column in ("batch", "images/s"):
+        ladder[column] = ladder[column].astype("Int64")
+    return GpuResults(header, ladder, dict(target), found)

@@ -1,0 +1,546 @@
+"""Measure the course on one GPU in one command: chapter 05's speed ladder, memory, the references' training time.
+
+No GPU has run this suite yet: it is prepared so that a session lent one only runs the command below.
+
+    # here, once (CIFAR-10 from $COURSE_DATA_DIR, written as git-ignored parts under carry/):
+    python benchmarks/gpu_suite.py --prepare-carry carry
+    # on the GPU machine (its own python3 with torch; the repository is the working directory):
+    PYTHONPATH=. PYTHONUNBUFFERED=1 python3 benchmarks/gpu_suite.py --data carry --out "$OUT/gpu_suite.json"
+    # on the CPU, in seconds, to check the suite itself (its numbers mean nothing):
+    python benchmarks/gpu_suite.py --tiny --out /tmp/gpu_suite.json
+
+What to carry: ``carry/cifar10/test.npz`` (the 1,000 test images the references' manifest
+re-scores as ``check_mse``) and the training split in parts of 12,500 images,
+``carry/cifar10/train-0.npz`` .. ``train-3.npz`` (about 34 MiB each). One call carries at most
+64 MiB with the working tree (about 14 MiB), so one call holds one part: carry ``train-0.npz``,
+``train-1.npz`` and ``train-2.npz`` in three quick calls (command ``true``; a warm machine keeps
+ignored files between calls) and run the suite in the fourth, carrying ``train-3.npz`` and
+``test.npz``. With fewer parts there the suite trains on the images it has and says so (the
+references then run the same number of training images as the recipe, over more epochs).
+
+Parts, each under its own time budget (``--budget-s`` shared out; a part that runs long is cut
+between rows and recorded as such), the JSON rewritten atomically after every row:
+
+* ``ladder``: the Paperspace replica on CIFAR-10: the article's own loop (``cu.fit_tutorial_style``),
+  ``cu.fit`` with its defaults, then each recommended setting (``cu.improvement_ladder``: resident
+  uint8 data, larger batches, channels_last, bf16, fp16 with a gradient scaler, fused Adam,
+  ``torch.compile`` with its compile time apart); target: the best setting >= 10x the article's loop.
+* ``memory``: peak GPU memory of one training step by batch size (``peak_memory_by_batch_size``)
+  and the largest batch ``cu.fit_with_batch_fallback`` trains with.
+* ``references``: the recommended CIFAR-10 model at codes 64/128/256/384 trained with the
+  reference recipe (``benchmarks/train_references.py``): seconds per model (target <= 80 s),
+  images/s, test MSE.
+* ``notebooks``: with the time left, the notebooks in the gpu profile through
+  ``benchmarks/run_notebooks.py`` (needs nbclient and ipykernel, which the GPU machine lacks).
+
+On the CPU the GPU-only rows (fp16 with a scaler, CUDA memory) are recorded as skipped with the reason.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import glob
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import _common
+import course_utils as cu
+from course_utils.chapters import ch05_fast_training as ch05
+from course_utils.files import atomic_write
+from train_references import CHECK_IMAGES, RECIPE, REFERENCES, architecture
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DEFAULT_OUT = HERE / "results" / "gpu_suite.json"
+PART_IMAGES = 12_500  # training images per carried part: ~34 MiB compressed, one part per device call
+SEED_BATCH = 64  # the Paperspace article's batch size
+SPEED_TARGET = 10.0  # the best recommended setting against the article's loop on the same GPU
+SECONDS_TARGET = 80.0  # per reference model: a tenth of UvA tutorial 9's 13 minutes on an RTX 3090
+CODES = (64, 128, 256, 384)
+PARTS = ("ladder", "memory", "references", "notebooks")
+SHARES = {"ladder": 0.25, "memory": 0.08, "references": 0.6, "notebooks": 0.07}  # of --budget-s, left over moves on
+MEMORY_BATCHES = (64, 256, 1024, 4096, 16384, 65536)
+
+FULL = dict(ladder_images=20_000, images_per_repeat=8192, repeats=3, warmup=3, larger_batches=(256, 1024),
+            compile=True, memory_batches=MEMORY_BATCHES, reference_images=None, reference_epochs=None,
+            notebook_timeout=300)
+TINY = dict(ladder_images=256, images_per_repeat=64, repeats=1, warmup=1, larger_batches=(128,),
+            compile="skipped in --tiny: compiling takes longer than the whole tiny run",
+            memory_batches=(16, 32), reference_images=256, reference_epochs=1, notebook_timeout=60)
+
+
+# --------------------------------------------------------------------------- carried data
+def _write_npz(path: Path, **arrays) -> None:
+    """Write a compressed .npz atomically."""
+    with atomic_write(path) as f:
+        np.savez_compressed(f, **arrays)
+
+
+def prepare_carry(source: Path, dest: Path, part_images: int = PART_IMAGES,
+                  check_images: int = CHECK_IMAGES) -> list[Path]:
+    """Write CIFAR-10's training split in parts and the references' check subset of the test split; return the files."""
+    train = cu.read_pack(cu.data.pack_path("cifar10", "train", source))
+    test = cu.read_pack(cu.data.pack_path("cifar10", "test", source)).subset(check_images)
+    images = train.images.permute(0, 2, 3, 1).numpy()  # (N, C, H, W) => the packs' (N, H, W, C)
+    labels, total = train.labels.numpy(), len(train)
+    starts = list(range(0, total, part_images))
+    written = []
+    for k, start in enumerate(starts):
+        part = images[start:start + part_images]
+        meta = {"part": k, "parts": len(starts), "start": start, "count": int(part.shape[0]), "total": total,
+                "crc32": cu.data._checksum(part), "crc32_total": cu.data._checksum(images)}
+        path = dest / "cifar10" / f"train-{k}.npz"
+        _write_npz(path, images=part, labels=labels[start:start + part_images],
+                   classes=np.asarray(train.classes, dtype=str), meta=np.asarray(json.dumps(meta)))
+        written.append(path)
+    written.append(cu.write_pack(dest / "cifar10" / "test.npz", test.images.permute(0, 2, 3, 1).numpy(),
+                                 test.labels.numpy(), test.classes,
+                                 info={"subset": f"test.subset({check_images}), seed 0: the manifest's check_mse"}))
+    return written
+
+
+def join_carry(carry: Path, work: Path) -> dict:
+    """Join the carried training parts present into a pack under ``work``, copy the test pack; return what was there."""
+    parts = sorted((carry / "cifar10").glob("train-*.npz"), key=lambda p: int(p.stem.split("-")[1]))
+    if not parts:
+        raise cu.DataNotFoundError(f"No training parts under {carry}/cifar10: prepare them with "
+                                   f"python benchmarks/gpu_suite.py --prepare-carry {carry} and carry them.")
+    images, labels, metas, classes = [], [], [], None
+    for path in parts:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if cu.data._checksum(z["images"]) != meta["crc32"]:
+                raise cu.CorruptPackError(f"Carried part {path} fails its checksum: prepare and carry it again.")
+            images.append(z["images"])
+            labels.append(z["labels"])
+            classes = [str(c) for c in z["classes"]]
+            metas.append(meta)
+    joined = np.concatenate(images)
+    expected = metas[0]["parts"]
+    present = [m["part"] for m in metas]
+    complete = present == list(range(expected))
+    if complete and cu.data._checksum(joined) != metas[0]["crc32_total"]:
+        raise cu.CorruptPackError(f"The joined parts under {carry} differ from the split they were cut from.")
+    info = {"parts_present": present, "parts_expected": expected, "complete": complete}
+    cu.write_pack(work / "cifar10" / "train.npz", joined, np.concatenate(labels), classes, info=info)
+    test = cu.read_pack(carry / "cifar10" / "test.npz")
+    cu.write_pack(work / "cifar10" / "test.npz", test.images.permute(0, 2, 3, 1).numpy(), test.labels.numpy(),
+                  test.classes)
+    return {**info, "train_images": int(joined.shape[0]), "test_images": len(test),
+            "total_train_images": metas[0]["total"], "carry": str(carry)}
+
+
+# --------------------------------------------------------------------------- time guard and results
+class PartCut(Exception):
+    """Raised between rows when a part has used up its time budget."""
+
+
+class Budget:
+    """A part's time budget: ``check`` between rows raises PartCut once it is spent."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.t0 = seconds, time.perf_counter()
+
+    @property
+    def used(self) -> float:
+        """Return the seconds spent so far."""
+        return time.perf_counter() - self.t0
+
+    @property
+    def left(self) -> float:
+        """Return the seconds left (negative once overspent)."""
+        return self.seconds - self.used
+
+    def check(self, next_row: str, estimate: float = 0.0) -> None:
+        """Raise PartCut if the budget is spent, or if ``estimate`` seconds more would overspend it."""
+        if self.left <= 0 or estimate > self.left:
+            why = f"an estimated {estimate:.0f} s more" if estimate > 0 and self.left > 0 else "none left"
+            raise PartCut(f"cut before '{next_row}': {self.used:.0f} s used of its {self.seconds:.0f} s budget "
+                          f"({why})")
+
+
+class Results:
+    """The suite's JSON document, rewritten atomically after every row."""
+
+    def __init__(self, path: Path, doc: dict):
+        self.path, self.doc = path, doc
+
+    def part(self, name: str) -> dict:
+        """Return the record of part ``name``."""
+        return self.doc["parts"][name]
+
+    def add_row(self, part: str, row: dict) -> dict:
+        """Append a row to a part and save; return the row."""
+        self.part(part)["rows"].append(row)
+        self.save()
+        return row
+
+    def save(self) -> None:
+        """Write the document atomically."""
+        with atomic_write(self.path) as f:
+            f.write((json.dumps(self.doc, indent=1, default=str) + "\n").encode())
+
+
+def throughput_row(setup: str, r: cu.Throughput | str, **extra) -> dict:
+    """Return one ladder row: a measurement, or a string saying why the setup was not measured."""
+    if isinstance(r, str):
+        status = "failed" if r.startswith("failed") else "skipped"
+        return {"setup": setup, "status": status, "reason": r, **extra}
+    return {"setup": setup, "status": "measured", "images_per_second": r.images_per_second, "rates": r.rates,
+            "batch_size": r.batch_size, "images": r.images, "seconds": r.seconds,
+            "warmup_seconds": r.warmup_seconds, "data_fraction": r.data_fraction, "settings": r.settings,
+            "note": r.note, **extra}
+
+
+# --------------------------------------------------------------------------- the parts
+@functools.lru_cache(maxsize=None)
+def split(name: str) -> cu.ImageData:
+    """Return CIFAR-10's ``name`` split from the data root, read once."""
+    return cu.load_dataset("cifar10", name)
+
+
+def ladder_part(res: Results, budget: Budget, cfg: dict, device: torch.device) -> None:
+    """Chapter 05's ladder: the article's loop, fit's defaults, then each recommended setting."""
+    train = split("train").subset(cfg["ladder_images"])
+    per = cfg["images_per_repeat"]
+    budget.check("the article's loop")
+    torch.manual_seed(0)
+    article = cu.fit_tutorial_style(cu.PaperspaceAutoencoder(), train, SEED_BATCH, epochs=cfg["repeats"],
+                                    max_batches=per // SEED_BATCH + 2, warmup=2, device=device)
+    res.add_row("ladder", throughput_row(f"article's loop (PIL + DataLoader, batch {SEED_BATCH})", article,
+                                         role="baseline"))
+    print(f"article's loop: {article}", flush=True)
+    budget.check("cu.fit with its defaults")
+    torch.manual_seed(0)
+    fit_defaults = _common.fit_throughput(cu.PaperspaceAutoencoder(), train.subset(per), SEED_BATCH,
+                                          cfg["repeats"], device=device)
+    fit_defaults.note = "cu.fit's own epoch timer, " + _common.describe_settings(
+        _common.fit_auto_settings(device))
+    res.add_row("ladder", throughput_row(f"cu.fit, its defaults, batch {SEED_BATCH}", fit_defaults, role="fit"))
+    res.part("ladder")["target"] = ladder_target(res.part("ladder"))
+    print(f"cu.fit, its defaults: {fit_defaults}", flush=True)
+    budget.check("the ladder's rungs")
+    def on_row(name: str, r: cu.Throughput | str) -> None:
+        row = throughput_row(name, r, role="rung")
+        if name == "+ torch.compile" and row["status"] == "measured":
+            row["compile_seconds"] = row["warmup_seconds"]  # the untimed warm-up steps, compilation included
+            res.part("ladder")["compile_seconds"] = row["compile_seconds"]
+        res.add_row("ladder", row)
+        res.part("ladder")["target"] = ladder_target(res.part("ladder"))
+        budget.check("the next rung")  # between rungs: a part over its budget stops here, its rows kept
+
+    changes = ch05.ladder_changes(device.type == "cuda", SEED_BATCH, cfg["larger_batches"], cfg["compile"])
+    _, kept = ch05.improvement_ladder(cu.PaperspaceAutoencoder, train, changes, images_per_repeat=per,
+                                      warmup=cfg["warmup"], repeats=cfg["repeats"], device=device, on_row=on_row)
+    res.part("ladder")["kept_settings"] = kept
+
+
+def ladder_target(part: dict) -> dict | None:
+    """Return the best measured setting against the article's loop, and the verdict on the 10x target."""
+    rows = [r for r in part["rows"] if r["status"] == "measured"]
+    base = next((r for r in rows if r.get("role") == "baseline"), None)
+    others = [r for r in rows if r.get("role") != "baseline"]
+    if base is None or not others:
+        return None
+    best = max(others, key=lambda r: r["images_per_second"])
+    ratio = best["images_per_second"] / base["images_per_second"]
+    return {"baseline": base["setup"], "baseline_images_per_second": base["images_per_second"],
+            "best": best["setup"], "best_images_per_second": best["images_per_second"], "ratio": ratio,
+            "target": SPEED_TARGET, "verdict": _common.verdict(ratio, SPEED_TARGET)}
+
+
+def memory_part(res: Results, budget: Budget, cfg: dict, device: torch.device) -> None:
+    """Peak GPU memory of one training step by batch size, and the largest batch fit trains with."""
+    part = res.part("memory")
+    models = {"Paperspace replica": cu.PaperspaceAutoencoder,
+              "recommended autoencoder (code 256)": lambda: cu.recommended_autoencoder((3, 32, 32), 256)}
+    first_oom = None
+    for name, build in models.items():
+        budget.check(f"peak memory of the {name}")
+        memory = ch05.peak_memory_by_batch_size(build(), (3, 32, 32), cfg["memory_batches"], device=device)
+        if memory is None:
+            for bs in cfg["memory_batches"]:
+                res.add_row("memory", {"model": name, "batch_size": bs, "status": "skipped",
+                                       "reason": f"no CUDA here (device {device.type}): peak GPU memory not measured"})
+            continue
+        for bs in cfg["memory_batches"]:
+            if bs in memory:
+                row = ({"status": "measured", "peak_mib": memory[bs]} if memory[bs] is not None else
+                       {"status": "out of memory", "peak_mib": None})
+            else:
+                row = {"status": "skipped", "reason": "a smaller batch already ran out of memory"}
+            res.add_row("memory", {"model": name, "batch_size": bs, **row})
+        fits = [bs for bs, m in memory.items() if m is not None]
+        part.setdefault("largest_measured_batch", {})[name] = max(fits) if fits else None
+        if name.startswith("Paperspace"):
+            first_oom = next((bs for bs, m in memory.items() if m is None), None)
+    budget.check("the largest batch fit trains with")
+    train = split("train")
+    start = min(first_oom or max(cfg["memory_batches"]), len(train))
+    torch.manual_seed(0)
+    history, used = cu.fit_with_batch_fallback(cu.PaperspaceAutoencoder(), train.subset(start), batch_size=start,
+                                               epochs=1, lr=1e-3, optimizer="adam", schedule=None, device=device,
+                                               progress=False, stop_after_steps=2)
+    part["fallback"] = {"asked_batch": start, "used_batch": used, "fell_back": used != start,
+                        "train_loss": history.last["train_loss"],
+                        "why_this_batch": ("the first batch that ran out of memory above" if first_oom else
+                                           "no batch tried ran out of memory: the largest tried (or all the "
+                                           "images there are, if fewer)")}
+    res.save()
+
+
+def references_part(res: Results, budget: Budget, cfg: dict, device: torch.device, data: dict) -> None:
+    """Train the recommended CIFAR-10 model at each code size with the reference recipe; time it and score it."""
+    part = res.part("references")
+    full, test = split("train"), split("test")
+    complete = data.get("complete", True) and cfg["reference_images"] is None
+    if complete:
+        train, _ = cu.validation_split(full)  # exactly the references' training images
+    else:
+        train = full.subset(cfg["reference_images"])
+    total = data.get("total_train_images", len(full))
+    recipe_images = total - min(cu.data.VALIDATION_IMAGES, total // 5)  # what the recipe trains on, per epoch
+    last_seconds = 0.0
+    for code in CODES:
+        name = f"cifar10-{code}"
+        spec = REFERENCES[name]
+        if cfg["reference_epochs"] is not None:
+            epochs = cfg["reference_epochs"]
+        elif complete:
+            epochs = spec["epochs"]
+        else:  # fewer images here: as many training images (and optimizer steps) as the recipe, over more epochs
+            epochs = max(1, round(spec["epochs"] * recipe_images / len(train)))
+        budget.check(name, estimate=last_seconds)
+        cu.seed_everything(0)
+        model = cu.ConvAutoencoder(**architecture(train.image_shape, code, spec["bottleneck"], spec["base_width"]))
+        sync_t0 = time.perf_counter()
+        history = cu.fit(model, train, epochs=epochs, device=device, progress=False, desc=name, **RECIPE)
+        seconds = time.perf_counter() - sync_t0
+        scores = cu.evaluate(model, test, ssim=False, device=device)
+        stored = cu.pretrained_info(name) if cu.has_pretrained(name) else {}
+        row = {"name": name, "code_size": code, "status": "measured", "architecture": f"{spec['bottleneck']}, "
+               f"width {spec['base_width']}", "recipe_epochs": spec["epochs"], "epochs": epochs,
+               "train_images": len(train), "images_seen": len(train) * epochs,
+               "recipe_images_seen": recipe_images * spec["epochs"], "seconds": seconds,
+               "fit_seconds": sum(history["seconds"]), "images_per_second": len(train) * epochs / seconds,
+               "test_mse": scores["mse"], "test_psnr": scores["psnr"], "test_images": len(test),
+               "reference_check_mse": stored.get("check_mse"), "reference_wall_seconds": stored.get("wall_seconds"),
+               "target_seconds": SECONDS_TARGET, "verdict": _common.verdict(SECONDS_TARGET, seconds)}
+        res.add_row("references", row)
+        part["target"] = references_target(part)
+        res.save()
+        last_seconds = seconds
+        print(f"{name}: {seconds:.1f} s, {row['images_per_second']:,.0f} images/s, test MSE {scores['mse']:.5f}",
+              flush=True)
+    part["note"] = ("the references' exact training set (train less the validation split) and epochs" if complete
+                    else f"{len(train):,} training images here instead of {recipe_images:,}: epochs scaled so each "
+                    "model trains on as many images as the recipe (test MSE not comparable to the references')")
+
+
+def references_target(part: dict) -> dict | None:
+    """Return the slowest measured model against the 80 s target (met only if every code size ran and met it)."""
+    rows = [r for r in part["rows"] if r["status"] == "measured"]
+    if not rows:
+        return None
+    slowest = max(rows, key=lambda r: r["seconds"])
+    all_ran = {r["code_size"] for r in rows} == set(CODES)
+    met = all_ran and _common.verdict(SECONDS_TARGET, slowest["seconds"]) == "met"
+    return {"target_seconds": SECONDS_TARGET, "slowest": slowest["name"], "slowest_seconds": slowest["seconds"],
+            "models_measured": len(rows), "verdict": "met" if met else "missed"}
+
+
+def notebooks_part(res: Results, budget: Budget, cfg: dict, device: torch.device, tiny: bool) -> None:
+    """Execute the notebooks in the gpu profile headless (run_notebooks.py, no --write), one timeout each."""
+    missing = [m for m in ("nbformat", "nbclient", "ipykernel") if importlib.util.find_spec(m) is None]
+    part = res.part("notebooks")
+    if tiny or missing or device.type != "cuda":
+        part["status"] = "skipped"
+        part["reason"] = ("--tiny does not execute notebooks" if tiny else
+                          f"{', '.join(missing)} not installed here: carry their wheels (see "
+                          "/work/.library/device/README.md) to run them" if missing else
+                          "the gpu profile needs a CUDA GPU")
+        res.save()
+        return
+    for path in sorted(glob.glob(str(ROOT / "notebooks" / "*.ipynb"))):
+        name = Path(path).name
+        budget.check(name)
+        limit = max(10, min(cfg["notebook_timeout"], int(budget.left)))
+        with tempfile.TemporaryDirectory() as tmp:
+            record = Path(tmp) / "record.json"
+            command = [sys.executable, str(HERE / "run_notebooks.py"), "--profile", "gpu", "--timeout", str(limit),
+                       "--json", str(record), path]
+            t0 = time.perf_counter()
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, timeout=limit + 30, cwd=ROOT)
+                rec = json.loads(record.read_text())[0] if record.is_file() else {}
+                row = {"notebook": name, "status": "passed" if done.returncode == 0 else "failed",
+                       "seconds": time.perf_counter() - t0, "error": rec.get("error") or
+                       (None if done.returncode == 0 else done.stderr[-300:]),
+                       "slowest_cell": rec.get("slowest_cell"), "slowest_cell_seconds": rec.get("slowest_cell_seconds")}
+            except subprocess.TimeoutExpired:
+                row = {"notebook": name, "status": "cut", "seconds": time.perf_counter() - t0,
+                       "reason": f"ran past its {limit} s timeout"}
+        res.add_row("notebooks", row)
+        print(f"{name}: {row['status']} in {row['seconds']:.0f} s", flush=True)
+
+
+# --------------------------------------------------------------------------- the run
+def driver_version() -> str | None:
+    """Return the NVIDIA driver's version (nvidia-smi), or None without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def header(device: torch.device) -> dict:
+    """Return where and when the suite ran: card, driver, CUDA, torch, date and the machine line."""
+    cuda = device.type == "cuda"
+    return {"device": device.type, "card": torch.cuda.get_device_name(device) if cuda else None,
+            "driver": driver_version() if cuda else None, "cuda": torch.version.cuda if cuda else None,
+            "torch": torch.__version__, "date": dt.datetime.now().isoformat(timespec="minutes"),
+            "machine": _common.machine_line(stamp=True)}
+
+
+def run_suite(args: argparse.Namespace) -> Results:
+    """Run every part in its time budget, saving the JSON after each row; return the results."""
+    cfg = dict(TINY if args.tiny else FULL)
+    device = torch.device(args.device) if args.device else cu.get_device()
+    data = {"source": os.environ.get("COURSE_DATA_DIR", str(cu.data.data_root()))}
+    if args.data is not None:
+        work = Path(args.work or tempfile.mkdtemp(prefix="gpu_suite_data_"))
+        data.update(join_carry(args.data, work), source=str(work))
+        os.environ["COURSE_DATA_DIR"] = str(work)
+    cu.seed_everything(0)
+    doc = {"suite": "benchmarks/gpu_suite.py", "tiny": args.tiny,
+           "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/gpu_suite.py", *args.argv]),
+           "header": header(device), "data": data, "budget_s": args.budget_s, "settings": cfg,
+           "targets": {"speed_ratio": SPEED_TARGET, "seconds_per_model": SECONDS_TARGET},
+           "parts": {p: {"status": "pending", "rows": []} for p in PARTS}}
+    res = Results(args.out, doc)
+    res.save()
+    t0 = time.perf_counter()
+    steps: dict[str, Callable[[Budget], None]] = {
+        "ladder": lambda b: ladder_part(res, b, cfg, device),
+        "memory": lambda b: memory_part(res, b, cfg, device),
+        "references": lambda b: references_part(res, b, cfg, device, data),
+        "notebooks": lambda b: notebooks_part(res, b, cfg, device, args.tiny)}
+    carried = 0.0  # seconds a part left unused move on to the next ones
+    for name in PARTS:
+        part = res.part(name)
+        if name not in args.parts:
+            part.update(status="skipped", reason="not asked for (--parts)")
+            res.save()
+            continue
+        own = args.part_budget_s if args.part_budget_s is not None else args.budget_s * SHARES[name] + carried
+        seconds = min(own, args.budget_s - (time.perf_counter() - t0))
+        budget = Budget(seconds)
+        part.update(status="running", budget_s=round(seconds, 1))
+        try:
+            steps[name](budget)
+            if part["status"] == "running":
+                part["status"] = "done"
+        except PartCut as e:
+            part.update(status="cut", reason=str(e))
+        except Exception as e:  # a part that breaks is recorded; the others still run
+            part.update(status="failed", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+        part["seconds"] = round(budget.used, 1)
+        carried = max(0.0, budget.left) if args.part_budget_s is None else 0.0
+        res.save()
+        print(f"== {name}: {part['status']} in {budget.used:.0f} s" + (f" ({part['reason']})"
+                                                                        if part.get("reason") else ""), flush=True)
+    doc["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    res.save()
+    return res
+
+
+def fmt(value, spec: str = ",.0f") -> str:
+    """Return a number formatted, or '–' for None."""
+    return "–" if value is None else format(value, spec)
+
+
+def summary(doc: dict) -> str:
+    """Return the short tables printed last: the ladder, the targets, memory, references, notebooks."""
+    h = doc["header"]
+    out = [f"GPU suite on {h['card'] or h['device']} (driver {h['driver'] or '–'}, torch {h['torch']}, {h['date']})"]
+    ladder = doc["parts"]["ladder"]
+    target = ladder.get("target")
+    base = target["baseline_images_per_second"] if target else None
+    rows = [{"setup": r["setup"], "batch": fmt(r.get("batch_size"), "d"), "images/s": fmt(r.get("images_per_second")),
+             "x article": fmt(r["images_per_second"] / base if base and r.get("images_per_second") else None, ".2f"),
+             "note": r.get("note") or r.get("reason") or ""} for r in ladder["rows"]]
+    if rows:
+        out += ["", _common.md_table(rows)]
+    if ladder.get("compile_seconds") is not None:
+        out.append(f"torch.compile's warm-up (compilation included): {ladder['compile_seconds']:.1f} s")
+    if target:
+        out.append(f"Best setting vs the article's loop: {target['ratio']:.2f}x ({target['best']}); target "
+                   f">= {SPEED_TARGET:g}x: {target['verdict']}")
+    mem = [r for r in doc["parts"]["memory"]["rows"] if r["status"] != "skipped"]
+    if mem:
+        out += ["", _common.md_table([{"model": r["model"], "batch": r["batch_size"],
+                                       "peak MiB": fmt(r.get("peak_mib")), "status": r["status"]} for r in mem])]
+    fallback = doc["parts"]["memory"].get("fallback")
+    if fallback:
+        out.append(f"fit_with_batch_fallback: asked {fallback['asked_batch']}, trained with {fallback['used_batch']}")
+    refs = doc["parts"]["references"]
+    if refs["rows"]:
+        out += ["", _common.md_table([{"model": r["name"], "epochs": r["epochs"], "seconds": fmt(r["seconds"], ".1f"),
+                                       "images/s": fmt(r["images_per_second"]), "test MSE": fmt(r["test_mse"], ".5f"),
+                                       "<= 80 s": r["verdict"]} for r in refs["rows"]])]
+        if refs.get("target"):
+            t = refs["target"]
+            out.append(f"Every code size in <= {SECONDS_TARGET:g} s: {t['verdict']} (slowest {t['slowest']}, "
+                       f"{t['slowest_seconds']:.1f} s; {t['models_measured']} of {len(CODES)} measured)")
+    nbs = doc["parts"]["notebooks"]
+    out.append("")
+    out += [f"{r['notebook']}: {r['status']} ({r['seconds']:.0f} s)" for r in nbs["rows"]]
+    out += [f"{p}: {doc['parts'][p]['status']}" + (f" ({doc['parts'][p]['reason']})" if doc["parts"][p].get("reason")
+                                                   else "") for p in PARTS]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the results file (JSON)")
+    parser.add_argument("--data", type=Path, help="a folder of carried parts (--prepare-carry): join them and use them")
+    parser.add_argument("--work", type=Path, help="where joined packs go (default: a temporary folder)")
+    parser.add_argument("--prepare-carry", type=Path, metavar="DIR",
+                        help="write the CIFAR-10 parts to carry into DIR (from $COURSE_DATA_DIR) and stop")
+    parser.add_argument("--source", type=Path, help="with --prepare-carry: the data root to read (default: the course's)")
+    parser.add_argument("--part-images", type=int, default=PART_IMAGES, help="training images per carried part")
+    parser.add_argument("--tiny", action="store_true", help="the whole suite on a few images in seconds (CPU check)")
+    parser.add_argument("--budget-s", type=float, default=480.0, help="seconds for the whole suite, shared by the parts")
+    parser.add_argument("--part-budget-s", type=float, help="the same budget for every part instead (for tests)")
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    parser.add_argument("--device", help="cuda, cpu, ... (default: the best here)")
+    args = parser.parse_args(argv)
+    args.argv = argv
+    if args.prepare_carry is not None:
+        files = prepare_carry(args.source or cu.data.data_root(), args.prepare_carry, args.part_images)
+        for path in files:
+            print(f"{path}  {path.stat().st_size / 2**20:.1f} MiB")
+        return 0
+    res = run_suite(args)
+    print("\n" + summary(res.doc))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""benchmarks/gpu_suite.py: carried data, the whole suite in its tiny mode on the CPU, the time guard, stored results."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import course_utils as cu
+from course_utils.chapters import ch05_fast_training as ch05
+
+from conftest import CIFAR_DIR, load_script, needs_cifar
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "gpu_suite.py"
+
+
+@pytest.fixture(scope="module")
+def suite():
+    """Return benchmarks/gpu_suite.py as a module (its siblings _common and train_references on the path)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(ROOT / "benchmarks"))
+        yield load_script("benchmarks/gpu_suite.py")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """Return a small data root: 300 real CIFAR-10 images as its 'train' split, 150 others as 'test'."""
+    if CIFAR_DIR is None:
+        pytest.skip("needs the CIFAR-10 packs (COURSE_DATA_DIR)")
+    real = cu.read_pack(CIFAR_DIR / "cifar10" / "test.npz")
+    root = tmp_path_factory.mktemp("source")
+    for name, rows in {"train": slice(0, 300), "test": slice(300, 450)}.items():
+        cu.write_pack(cu.data.pack_path("cifar10", name, root), real.images[rows].permute(0, 2, 3, 1).numpy(),
+                      real.labels[rows].numpy(), real.classes)
+    return root
+
+
+@pytest.fixture(scope="module")
+def carry(suite, source, tmp_path_factory):
+    """Return a carry folder prepared from ``source`` in parts of 128 images (128, 128, 44)."""
+    dest = tmp_path_factory.mktemp("carry")
+    suite.prepare_carry(source, dest, part_images=128, check_images=100)
+    return dest
+
+
+def run_suite(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the suite as the README says (python benchmarks/gpu_suite.py ...) on the CPU, one thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_MAX_OTHERS": "1", **(env or {})}
+    return subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", *args], capture_output=True, text=True,
+                          timeout=900, env=env, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def tiny(carry, tmp_path_factory):
+    """Run the whole suite once in --tiny mode on the carried parts; return (results, stdout, results path)."""
+    out = tmp_path_factory.mktemp("tiny") / "gpu_suite.json"
+    work = out.parent / "work"
+    done = run_suite("--tiny", "--data", str(carry), "--work", str(work), "--out", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(out.read_text()), done.stdout, out
+
+
+# --------------------------------------------------------------------------- carried data
+def test_prepared_parts_join_back_into_the_same_images(suite, source, carry, tmp_path):
+    parts = sorted((carry / "cifar10").glob("train-*.npz"))
+    assert [p.name for p in parts] == ["train-0.npz", "train-1.npz", "train-2.npz"]
+    info = suite.join_carry(carry, tmp_path / "work")
+    assert info["complete"] and info["train_images"] == 300 and info["parts_present"] == [0, 1, 2]
+    original = cu.read_pack(cu.data.pack_path("cifar10", "train", source))
+    joined = cu.read_pack(tmp_path / "work" / "cifar10" / "train.npz")
+    assert torch.equal(joined.images, original.images) and torch.equal(joined.labels, original.labels)
+    assert joined.classes == original.classes
+    test = cu.read_pack(tmp_path / "work" / "cifar10" / "test.npz")
+    expected = cu.read_pack(cu.data.pack_path("cifar10", "test", source)).subset(100)
+    assert torch.equal(test.images, expected.images)  # the references' check subset, same images
+
+
+def test_a_missing_part_is_joined_around_and_reported(suite, carry, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(carry, partial)
+    (partial / "cifar10" / "train-1.npz").unlink()
+    info = suite.join_carry(partial, tmp_path / "work")
+    assert not info["complete"] and info["parts_present"] == [0, 2] and info["train_images"] == 128 + 44
+    joined = cu.read_pack(tmp_path / "work" / "cifar10" / "train.npz")
+    with np.load(carry / "cifar10" / "train-2.npz") as z:
+        assert np.array_equal(joined.images[128:].permute(0, 2, 3, 1).numpy(), z["images"])
+
+
+def test_a_damaged_part_is_refused(suite, carry, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(carry, broken)
+    path = broken / "cifar10" / "train-0.npz"
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["images"] = arrays["images"].copy()
+    arrays["images"][0, 0, 0, 0] ^= 1
+    np.savez_compressed(path, **arrays)
+    with pytest.raises(cu.CorruptPackError, match="train-0.npz"):
+        suite.join_carry(broken, tmp_path / "work")
+
+
+def test_the_prepare_option_writes_parts_small_enough_to_carry(source, tmp_path):
+    done = run_suite("--prepare-carry", str(tmp_path / "carry"), "--source", str(source), "--part-images", "200")
+    assert done.returncode == 0, done.stderr[-2000:]
+    files = sorted(p.name for p in (tmp_path / "carry" / "cifar10").iterdir())
+    assert files == ["test.npz", "train-0.npz", "train-1.npz"]
+    assert all(p.stat().st_size < 16 * 2**20 for p in (tmp_path / "carry" / "cifar10").iterdir())
+
+
+def test_gitignore_keeps_carried_data_out_of_the_repository():
+    done = subprocess.run(["git", "check-ignore", "-q", "carry/cifar10/train-0.npz"], cwd=ROOT)
+    assert done.returncode == 0
+
+
+# --------------------------------------------------------------------------- the tiny run
+def test_tiny_run_records_every_part_and_where_it_ran(suite, tiny):
+    doc, stdout, _ = tiny
+    assert list(doc["parts"]) == list(suite.PARTS) and doc["tiny"] is True
+    assert {p: doc["parts"][p]["status"] for p in suite.PARTS} == {
+        "ladder": "done", "memory": "done", "references": "done", "notebooks": "skipped"}
+    assert "--tiny" in doc["parts"]["notebooks"]["reason"]
+    h = doc["header"]
+    assert h["device"] == "cpu" and h["card"] is None and h["driver"] is None and h["torch"] == torch.__version__
+    assert dt.datetime.fromisoformat(h["date"]) and cu.cpu_name() in h["machine"]
+    assert doc["data"]["complete"] and doc["data"]["train_images"] == 300 and doc["data"]["test_images"] == 100
+    assert "GPU suite on cpu" in stdout and stdout.rstrip().splitlines()[-1].startswith("wrote ")
+
+
+def test_tiny_ladder_rows_skipped_on_the_cpu_carry_their_reasons(suite, tiny):
+    rows = tiny[0]["parts"]["ladder"]["rows"]
+    rungs = [name for name, _ in ch05.ladder_changes(False, suite.SEED_BATCH, suite.TINY["larger_batches"],
+                                                     suite.TINY["compile"])]
+    assert [r["setup"] for r in rows][2:] == rungs
+    assert rows[0]["role"] == "baseline" and rows[0]["settings"]["loop"] == "tutorial"
+    assert rows[1]["role"] == "fit" and rows[1]["settings"]["loop"] == "cu.fit"
+    by_name = {r["setup"]: r for r in rows}
+    assert by_name["+ fp16 autocast + GradScaler"]["status"] == "skipped"
+    assert "CUDA" in by_name["+ fp16 autocast + GradScaler"]["reason"]
+    assert by_name["+ torch.compile"]["status"] == "skipped" and "--tiny" in by_name["+ torch.compile"]["reason"]
+    for r in rows:
+        if r["status"] == "measured":
+            assert r["images_per_second"] == pytest.approx(statistics.median(r["rates"])) and r["images_per_second"] > 0
+        else:
+            assert r["reason"]
+
+
+def test_tiny_speed_target_is_computed_from_the_rows_in_the_file(suite, tiny):
+    part = tiny[0]["parts"]["ladder"]
+    measured = [r for r in part["rows"] if r["status"] == "measured"]
+    base = measured[0]["images_per_second"]
+    best = max(measured[1:], key=lambda r: r["images_per_second"])
+    target = part["target"]
+    assert target["best"] == best["setup"] and target["ratio"] == pytest.approx(best["images_per_second"] / base)
+    assert target["target"] == suite.SPEED_TARGET == 10
+    assert target["verdict"] == ("met" if target["ratio"] >= 10 else "missed")
+
+
+def test_tiny_memory_rows_are_skipped_without_cuda_and_fit_trains_at_the_batch_asked(suite, tiny):
+    part = tiny[0]["parts"]["memory"]
+    assert len(part["rows"]) == 2 * len(suite.TINY["memory_batches"])
+    assert all(r["status"] == "skipped" and "no CUDA" in r["reason"] for r in part["rows"])
+    fallback = part["fallback"]
+    assert fallback["used_batch"] == fallback["asked_batch"] == max(suite.TINY["memory_batches"])
+    assert not fallback["fell_back"] and np.isfinite(fallback["train_loss"])
+
+
+def test_tiny_references_are_timed_scored_and_judged_from_their_own_numbers(suite, tiny):
+    part = tiny[0]["parts"]["references"]
+    rows = part["rows"]
+    assert [r["code_size"] for r in rows] == list(suite.CODES)
+    for r in rows:
+        assert r["epochs"] == 1 and r["train_images"] == 256 and r["test_images"] == 100
+        assert r["images_per_second"] == pytest.approx(r["images_seen"] / r["seconds"])
+        assert 0 < r["test_mse"] < 1 and r["recipe_epochs"] == suite.REFERENCES[r["name"]]["epochs"]
+        assert r["verdict"] == ("met" if r["seconds"] <= 80 else "missed")
+    slowest = max(rows, key=lambda r: r["seconds"])
+    assert part["target"]["slowest"] == slowest["name"]
+    assert part["target"]["verdict"] == ("met" if slowest["seconds"] <= 80 else "missed")
+    assert "not comparable" in part["note"]  # 256 images, not the references' 45,000
+
+
+def test_stored_results_read_back_as_the_chapter_s_table(tiny):
+    doc, _, path = tiny
+    stored = ch05.gpu_results(path)
+    assert stored.header["torch"] == torch.__version__ and stored.header["card"] is None
+    rows = doc["parts"]["ladder"]["rows"]
+    assert list(stored.ladder.index) == [r["setup"] for r in rows]
+    assert stored.ladder["x article's loop"].iloc[0] == 1.0
+    assert stored.ladder.loc["+ fp16 autocast + GradScaler", "status"] == "skipped"
+    assert "CUDA" in stored.ladder.loc["+ fp16 autocast + GradScaler", "note"]
+    assert stored.target["verdict"] == doc["parts"]["ladder"]["target"]["verdict"]
+
+
+def test_gpu_results_is_none_without_a_stored_file_and_says_how_to_make_one(monkeypatch, tmp_path):
+    monkeypatch.setattr(ch05, "_gpu_results_candidates", lambda: [tmp_path / "none.json"])
+    assert ch05.gpu_results() is None
+    with pytest.raises(cu.CourseError, match="gpu_suite.py"):
+        ch05.gpu_results(tmp_path / "missing.json")
+    (tmp_path / "other.json").write_text('{"models": []}')
+    with pytest.raises(cu.CourseError, match="not a results file"):
+        ch05.gpu_results(tmp_path / "other.json")
+
+
+# --------------------------------------------------------------------------- the time guard
+def test_budget_cuts_when_spent_or_when_the_next_row_would_overspend(suite):
+    with pytest.raises(suite.PartCut, match="cut before 'next'"):
+        suite.Budget(0).check("next")
+    with pytest.raises(suite.PartCut, match="estimated"):
+        suite.Budget(1000).check("next", estimate=5000)
+    suite.Budget(1000).check("next", estimate=1)  # room left: no cut
+
+
+def test_a_part_over_its_budget_is_cut_between_rows_and_the_rest_is_kept(suite, carry, tmp_path, monkeypatch):
+    class TwoRows(suite.Budget):
+        """A budget that lets two rows start, then is spent (instead of waiting for a clock)."""
+
+        def __init__(self, seconds):
+            super().__init__(seconds)
+            self.checks = 0
+
+        def check(self, next_row, estimate=0.0):
+            self.checks += 1
+            if self.checks > 2:
+                raise suite.PartCut(f"cut before '{next_row}': test budget of two rows")
+
+    monkeypatch.setattr(suite, "Budget", TwoRows)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    suite.split.cache_clear()
+    out = tmp_path / "cut.json"
+    assert suite.main(["--tiny", "--device", "cpu", "--data", str(carry), "--work", str(tmp_path / "w"),
+                       "--out", str(out), "--parts", "ladder", "references"]) == 0
+    suite.split.cache_clear()
+    doc = json.loads(out.read_text())
+    ladder, refs = doc["parts"]["ladder"], doc["parts"]["references"]
+    assert ladder["status"] == "cut" and "the ladder's rungs" in ladder["reason"]
+    assert [r["role"] for r in ladder["rows"]] == ["baseline", "fit"]  # rows before the cut are kept
+    assert refs["status"] == "cut" and [r["code_size"] for r in refs["rows"]] == [64, 128]
+    assert refs["target"]["verdict"] == "missed" and refs["target"]["models_measured"] == 2  # not every model ran
+    assert doc["parts"]["memory"]["status"] == "skipped" and "--parts" in doc["parts"]["memory"]["reason"]
+
+
+def test_a_spent_budget_still_writes_the_whole_file(carry, tmp_path):
+    out = tmp_path / "spent.json"
+    done = run_suite("--tiny", "--data", str(carry), "--work", str(tmp_path / "w"), "--out", str(out),
+                     "--part-budget-s", "0")
+    assert done.returncode == 0, done.stderr[-2000:]
+    parts = json.loads(out.read_text())["parts"]
+    assert {p: parts[p]["status"] for p in parts} == {"ladder": "cut", "memory": "cut", "references": "cut",
+                                                      "notebooks": "skipped"}
+    assert all("budget" in parts[p]["reason"] for p in ("ladder", "memory", "references"))
