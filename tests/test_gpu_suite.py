@@ -1,4 +1,4 @@
-"""benchmarks/gpu_suite.py: carried data, the whole suite in its tiny mode on the CPU, the time guard, stored results."""
+"""benchmarks/gpu_suite.py: carried data, the whole suite in its tiny mode on the CPU, the time guard, the results."""
 from __future__ import annotations
 
 import datetime as dt
@@ -233,7 +233,7 @@ def test_a_part_over_its_budget_is_cut_between_rows_and_the_rest_is_kept(suite, 
                 raise suite.PartCut(f"cut before '{next_row}': test budget of two rows")
 
     monkeypatch.setattr(suite, "Budget", TwoRows)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))  # the suite points it at its joined packs; undone after
     suite.split.cache_clear()
     out = tmp_path / "cut.json"
     assert suite.main(["--tiny", "--device", "cpu", "--data", str(carry), "--work", str(tmp_path / "w"),
