@@ -39,9 +39,9 @@ SELECTION = HERE / "results" / "reference_selection.jsonl"
 REFERENCES: dict[str, dict] = {
     "fashion-mnist-196": {"dataset": "fashion-mnist", "code_size": 196, "bottleneck": "spatial", "base_width": 64,
                           "epochs": 8},
-    "cifar10-256": {"dataset": "cifar10", "code_size": 256, "bottleneck": "spatial", "base_width": 64, "epochs": 8},
+    "cifar10-256": {"dataset": "cifar10", "code_size": 256, "bottleneck": "spatial", "base_width": 64, "epochs": 16},
     "cifar10-384": {"dataset": "cifar10", "code_size": 384, "bottleneck": "spatial", "base_width": 64, "epochs": 16},
-    "cifar10-128": {"dataset": "cifar10", "code_size": 128, "bottleneck": "spatial", "base_width": 64, "epochs": 8},
+    "cifar10-128": {"dataset": "cifar10", "code_size": 128, "bottleneck": "spatial", "base_width": 64, "epochs": 16},
     "cifar10-64": {"dataset": "cifar10", "code_size": 64, "bottleneck": "flat", "base_width": 32, "epochs": 8},
 }
 RECIPE = dict(cu.RECOMMENDED_TRAINING)
