@@ -75,10 +75,10 @@ MEMORY_BATCHES = (64, 256, 1024, 4096, 16384, 65536)
 
 FULL = dict(ladder_images=20_000, images_per_repeat=8192, repeats=3, warmup=3, larger_batches=(256, 1024),
             compile=True, memory_batches=MEMORY_BATCHES, reference_images=None, reference_epochs=None,
-            notebook_timeout=300)
+            test_images=None, notebook_timeout=300)
 TINY = dict(ladder_images=256, images_per_repeat=64, repeats=1, warmup=1, larger_batches=(128,),
             compile="skipped in --tiny: compiling takes longer than the whole tiny run",
-            memory_batches=(16, 32), reference_images=256, reference_epochs=1, notebook_timeout=60)
+            memory_batches=(16, 32), reference_images=256, reference_epochs=1, test_images=100, notebook_timeout=60)
 
 
 # --------------------------------------------------------------------------- carried data
@@ -305,7 +305,7 @@ def memory_part(res: Results, budget: Budget, cfg: dict, device: torch.device) -
 def references_part(res: Results, budget: Budget, cfg: dict, device: torch.device, data: dict) -> None:
     """Train the recommended CIFAR-10 model at each code size with the reference recipe; time it and score it."""
     part = res.part("references")
-    full, test = split("train"), split("test")
+    full, test = split("train"), split("test").subset(cfg["test_images"])  # None: all (1,000 carried)
     complete = data.get("complete", True) and cfg["reference_images"] is None
     if complete:
         train, _ = cu.validation_split(full)  # exactly the references' training images
@@ -364,8 +364,8 @@ def references_target(part: dict) -> dict | None:
 
 def notebooks_part(res: Results, budget: Budget, cfg: dict, device: torch.device, tiny: bool) -> None:
     """Execute the notebooks in the gpu profile headless (run_notebooks.py, no --write), one timeout each."""
-    missing = [m for m in ("nbformat", "nbclient", "ipykernel") if importlib.util.find_spec(m) is None]
     part = res.part("notebooks")
+    missing = [] if tiny else [m for m in ("nbformat", "nbclient", "ipykernel") if importlib.util.find_spec(m) is None]
     if tiny or missing or device.type != "cuda":
         part["status"] = "skipped"
         part["reason"] = ("--tiny does not execute notebooks" if tiny else
