@@ -53,7 +53,8 @@ def carry(suite, source, tmp_path_factory):
 
 
 # What the GPU machine's python3 may lack (it has no course environment): the suite must not need any of them.
-ABSENT = ("matplotlib", "skimage", "ipywidgets", "IPython", "nbclient", "nbformat", "nbval", "ipykernel", "seaborn")
+# (Not matplotlib: torchmetrics imports it whenever its package metadata says it is installed, as it is there.)
+ABSENT = ("skimage", "ipywidgets", "IPython", "nbclient", "nbformat", "nbval", "ipykernel", "jupyter_client")
 WITHOUT_EXTRAS = f"""
 import runpy, sys
 sys.modules.update(dict.fromkeys({ABSENT!r}))  # None there: import fails, importlib.util.find_spec says None
