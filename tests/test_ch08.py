@@ -283,8 +283,6 @@ def test_figures_label_their_rows_and_axes():
 
 # --------------------------------------------------------------------------- the stored notebook
 def test_stored_notebook_says_which_models_it_used_and_prints_both_tables():
-    if not NOTEBOOK.is_file():  # the chapter's helpers and tests landed before its stored laptop run
-        pytest.skip(f"{NOTEBOOK.name} is not stored yet (benchmarks/run_notebooks.py --profile laptop --write)")
     text = "\n".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
                      for cell in json.loads(NOTEBOOK.read_text())["cells"] for o in cell.get("outputs", []))
     for name in ch08.REFERENCES.values():  # chapter_model says, for each dataset, which model it used
