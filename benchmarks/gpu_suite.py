@@ -30,8 +30,10 @@ between rows and recorded as such), the JSON rewritten atomically after every ro
 * ``references``: the recommended CIFAR-10 model at codes 64/128/256/384 trained with the
   reference recipe (``benchmarks/train_references.py``): seconds per model (target <= 80 s),
   images/s, test MSE.
-* ``notebooks``: with the time left, the notebooks in the gpu profile through
-  ``benchmarks/run_notebooks.py`` (needs nbclient and ipykernel, which the GPU machine lacks).
+* ``notebooks``: with the time left, the notebooks in the gpu profile: through
+  ``benchmarks/run_notebooks.py`` where nbclient and ipykernel are installed, else (as on the GPU
+  machine, which lacks them) each notebook's code cells run as one Python script
+  (``notebook_as_script``: IPython magics become ``pass``, figures go to matplotlib's Agg backend).
 
 On the CPU the GPU-only rows (fp16 with a scaler, CUDA memory) are recorded as skipped with the reason.
 """
@@ -362,37 +364,78 @@ def references_target(part: dict) -> dict | None:
             "models_measured": len(rows), "verdict": "met" if met else "missed"}
 
 
+PLAIN_PRELUDE = """import matplotlib
+matplotlib.use("Agg")  # no screen: figures are drawn and discarded
+try:
+    from IPython.display import display
+except ImportError:  # no IPython on this machine: show what a notebook would, as text
+    def display(*objects, **kwargs):
+        for obj in objects:
+            print(obj)
+"""
+
+
+def notebook_as_script(path: str | Path) -> str:
+    """Return a notebook's code cells as one Python script: IPython magics become `pass`, figures go to Agg."""
+    nb = json.loads(Path(path).read_text())
+    chunks = [PLAIN_PRELUDE]
+    for number, cell in enumerate((c for c in nb["cells"] if c["cell_type"] == "code"), start=1):
+        lines = []
+        for line in "".join(cell["source"]).splitlines():
+            code = line.lstrip()
+            if code.startswith(("%", "!")):  # %pip (the Colab cell) and shell lines: not Python
+                line = line[: len(line) - len(code)] + "pass  # IPython only: " + code
+            lines.append(line)
+        chunks.append(f"# ---- code cell {number}\n" + "\n".join(lines))
+    return "\n\n".join(chunks) + "\n"
+
+
+def _run_notebook_jupyter(path: str, limit: int) -> dict:
+    """Run one notebook headless through run_notebooks.py (nbclient and a Jupyter kernel)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        record = Path(tmp) / "record.json"
+        command = [sys.executable, str(HERE / "run_notebooks.py"), "--profile", "gpu", "--timeout", str(limit),
+                   "--json", str(record), path]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=limit + 30, cwd=ROOT)
+        rec = json.loads(record.read_text())[0] if record.is_file() else {}
+        return {"status": "passed" if done.returncode == 0 else "failed", "mode": "jupyter",
+                "error": rec.get("error") or (None if done.returncode == 0 else done.stderr[-300:]),
+                "slowest_cell": rec.get("slowest_cell"), "slowest_cell_seconds": rec.get("slowest_cell_seconds")}
+
+
+def _run_notebook_plain(path: str, limit: int) -> dict:
+    """Run one notebook's code cells as a Python script (no Jupyter on this machine), in the gpu profile."""
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / (Path(path).stem + ".py")
+        script.write_text(notebook_as_script(path))
+        env = dict(os.environ, COURSE_PROFILE="gpu", MPLBACKEND="Agg",
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=limit,
+                              cwd=Path(path).parent, env=env)
+        return {"status": "passed" if done.returncode == 0 else "failed", "mode": "plain python (no Jupyter here)",
+                "error": None if done.returncode == 0 else done.stderr[-600:]}
+
+
 def notebooks_part(res: Results, budget: Budget, cfg: dict, device: torch.device, tiny: bool) -> None:
-    """Execute the notebooks in the gpu profile headless (run_notebooks.py, no --write), one timeout each."""
+    """Execute the notebooks in the gpu profile, one timeout each: headless Jupyter, else their code as a script."""
     part = res.part("notebooks")
-    missing = [] if tiny else [m for m in ("nbformat", "nbclient", "ipykernel") if importlib.util.find_spec(m) is None]
-    if tiny or missing or device.type != "cuda":
+    jupyter = all(importlib.util.find_spec(m) is not None for m in ("nbformat", "nbclient", "ipykernel"))
+    if tiny or device.type != "cuda":
         part["status"] = "skipped"
-        part["reason"] = ("--tiny does not execute notebooks" if tiny else
-                          f"{', '.join(missing)} not installed here: carry their wheels (see "
-                          "/work/.library/device/README.md) to run them" if missing else
-                          "the gpu profile needs a CUDA GPU")
+        part["reason"] = "--tiny does not execute notebooks" if tiny else "the gpu profile needs a CUDA GPU"
         res.save()
         return
+    run = _run_notebook_jupyter if jupyter else _run_notebook_plain
     for path in sorted(glob.glob(str(ROOT / "notebooks" / "*.ipynb"))):
         name = Path(path).name
         budget.check(name)
         limit = max(10, min(cfg["notebook_timeout"], int(budget.left)))
-        with tempfile.TemporaryDirectory() as tmp:
-            record = Path(tmp) / "record.json"
-            command = [sys.executable, str(HERE / "run_notebooks.py"), "--profile", "gpu", "--timeout", str(limit),
-                       "--json", str(record), path]
-            t0 = time.perf_counter()
-            try:
-                done = subprocess.run(command, capture_output=True, text=True, timeout=limit + 30, cwd=ROOT)
-                rec = json.loads(record.read_text())[0] if record.is_file() else {}
-                row = {"notebook": name, "status": "passed" if done.returncode == 0 else "failed",
-                       "seconds": time.perf_counter() - t0, "error": rec.get("error") or
-                       (None if done.returncode == 0 else done.stderr[-300:]),
-                       "slowest_cell": rec.get("slowest_cell"), "slowest_cell_seconds": rec.get("slowest_cell_seconds")}
-            except subprocess.TimeoutExpired:
-                row = {"notebook": name, "status": "cut", "seconds": time.perf_counter() - t0,
-                       "reason": f"ran past its {limit} s timeout"}
+        t0 = time.perf_counter()
+        try:
+            row = {"notebook": name, **run(path, limit)}
+        except subprocess.TimeoutExpired:
+            row = {"notebook": name, "status": "cut", "reason": f"ran past its {limit} s timeout"}
+        row["seconds"] = time.perf_counter() - t0
         res.add_row("notebooks", row)
         print(f"{name}: {row['status']} in {row['seconds']:.0f} s", flush=True)
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import pytest
 import torch
@@ -269,3 +270,27 @@ def test_a_spent_budget_still_writes_the_whole_file(carry, tmp_path):
     assert {p: parts[p]["status"] for p in parts} == {"ladder": "cut", "memory": "cut", "references": "cut",
                                                       "notebooks": "skipped"}
     assert all("budget" in parts[p]["reason"] for p in ("ladder", "memory", "references"))
+
+
+def test_a_notebook_runs_as_a_plain_script_where_jupyter_is_missing(suite, tmp_path):
+    """The GPU machine has no Jupyter: a notebook's code cells run as one script, magics disabled, display printed."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# not code"),
+                nbformat.v4.new_code_cell('import sys\nif "google.colab" in sys.modules:\n    %pip install -q x'),
+                nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()\n"
+                                          "display(6 * 7)")]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    script = suite.notebook_as_script(path)
+    assert "pass  # IPython only: %pip install -q x" in script and "not code" not in script
+    file = tmp_path / "nb.py"
+    file.write_text(script)
+    done = subprocess.run([sys.executable, str(file)], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, MPLBACKEND="Agg"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "42"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_every_course_notebook_converts_to_valid_python(suite, path):
+    compile(suite.notebook_as_script(path), str(path), "exec")
