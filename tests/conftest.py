@@ -130,3 +130,14 @@ def load_script(relative_path: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def stored_outputs_text(nb: dict, html: bool = False) -> str:
+    """Return what a stored notebook's outputs print: stream text and each result's text/plain (and text/html)."""
+    kinds = ("text/plain", "text/html") if html else ("text/plain",)
+    parts = []
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            parts.append("".join(out.get("text", "")))
+            parts += ["".join(out.get("data", {}).get(kind, "")) for kind in kinds]
+    return "\n".join(parts)

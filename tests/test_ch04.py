@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import course_utils as cu
 
-from conftest import CIFAR_DIR, needs_cifar
+from conftest import CIFAR_DIR, needs_cifar, stored_outputs_text
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "04_bottleneck_size.ipynb"
 CIFAR_SIZES = [64, 128, 200, 256, 384, 1000]  # Paperspace's 200 and 1000, the UvA notebook's four
@@ -192,14 +192,6 @@ def _notebook() -> dict:
     return json.loads(NOTEBOOK.read_text())
 
 
-def _outputs_text(nb: dict) -> str:
-    parts = []
-    for cell in nb["cells"]:
-        for out in cell.get("outputs", []):
-            parts.append("".join(out.get("text", "")))
-            parts.append("".join(out.get("data", {}).get("text/plain", "")))
-            parts.append("".join(out.get("data", {}).get("text/html", "")))
-    return "\n".join(parts)
 
 
 def test_stored_notebook_is_a_clean_laptop_run_of_the_required_sweep():
@@ -207,7 +199,7 @@ def test_stored_notebook_is_a_clean_laptop_run_of_the_required_sweep():
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert all(c.get("execution_count") for c in code), "every code cell was executed"
     assert not any(o["output_type"] == "error" for c in code for o in c["outputs"])
-    text = _outputs_text(nb)
+    text = stored_outputs_text(nb, html=True)
     assert "profile=laptop" in text
     sources = "\n".join("".join(c["source"]) for c in code)
     assert "CIFAR_SIZES = [64, 128, 200, 256, 384, 1000]" in sources

@@ -14,6 +14,7 @@ from scipy import ndimage
 
 import course_utils as cu
 from course_utils.chapters import ch06_denoising as ch06
+from conftest import stored_outputs_text
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "06_denoising_autoencoders.ipynb"
 
@@ -256,13 +257,6 @@ def test_scoring_images_against_the_wrong_originals_is_caught():
 
 
 # --------------------------------------------------------------------------- the stored notebook
-def _outputs_text(nb: dict) -> str:
-    parts = []
-    for cell in nb["cells"]:
-        for out in cell.get("outputs", []):
-            parts.append("".join(out.get("text", "")))
-            parts.append("".join(out.get("data", {}).get("text/plain", "")))
-    return "\n".join(parts)
 
 
 def test_stored_notebook_is_a_clean_laptop_run_that_prints_its_verdict():
@@ -270,7 +264,7 @@ def test_stored_notebook_is_a_clean_laptop_run_that_prints_its_verdict():
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert all(c.get("execution_count") for c in code), "every code cell was executed"
     assert not any(o["output_type"] == "error" for c in code for o in c["outputs"])
-    text = _outputs_text(nb)
+    text = stored_outputs_text(nb)
     assert "profile=laptop" in text
     assert "the denoiser beats the best classical filter at every sigma" in text
     sources = "\n".join("".join(c["source"]) for c in code)
@@ -280,7 +274,7 @@ def test_stored_notebook_is_a_clean_laptop_run_that_prints_its_verdict():
 
 def test_the_stored_verdict_follows_from_the_stored_table_and_the_prose_says_the_same():
     nb = json.loads(NOTEBOOK.read_text())
-    text = _outputs_text(nb)
+    text = stored_outputs_text(nb)
     rows = [line.split() for line in text.splitlines() if line.split()[:1] and line.split()[-1:]
             and _is_float_row(line)]
     # the combined PSNR table: [dataset] sigma noisy blur median plainAE denoiser

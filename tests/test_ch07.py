@@ -12,7 +12,7 @@ import torch
 import course_utils as cu
 from course_utils.chapters import ch07_anomaly_detection as ch07
 
-from conftest import needs_fashion
+from conftest import needs_fashion, stored_outputs_text
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "07_anomaly_detection.ipynb"
 
@@ -280,13 +280,6 @@ def test_error_histograms_draw_single_images_as_lines_on_a_log_axis():
 
 
 # --------------------------------------------------------------------------- the stored notebook
-def _outputs_text(nb: dict) -> str:
-    parts = []
-    for cell in nb["cells"]:
-        for out in cell.get("outputs", []):
-            parts.append("".join(out.get("text", "")))
-            parts.append("".join(out.get("data", {}).get("text/plain", "")))
-    return "\n".join(parts)
 
 
 def test_stored_notebook_is_a_clean_laptop_run():
@@ -294,7 +287,7 @@ def test_stored_notebook_is_a_clean_laptop_run():
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert all(c.get("execution_count") for c in code), "every code cell was executed"
     assert not any(o["output_type"] == "error" for c in code for o in c["outputs"])
-    text = _outputs_text(nb)
+    text = stored_outputs_text(nb)
     assert "profile=laptop" in text
     sources = "\n".join("".join(c["source"]) for c in code)
     for call in ("cu.one_class_runs", "cu.roc_auc", "cu.threshold_at", "cu.ood_inputs", "cu.per_image_errors",

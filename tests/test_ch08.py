@@ -11,6 +11,7 @@ import torch
 
 import course_utils as cu
 from course_utils.chapters import ch08_latent_space as ch08
+from conftest import stored_outputs_text
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "08_latent_space.ipynb"
 
@@ -283,8 +284,7 @@ def test_figures_label_their_rows_and_axes():
 
 # --------------------------------------------------------------------------- the stored notebook
 def test_stored_notebook_says_which_models_it_used_and_prints_both_tables():
-    text = "\n".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
-                     for cell in json.loads(NOTEBOOK.read_text())["cells"] for o in cell.get("outputs", []))
+    text = stored_outputs_text(json.loads(NOTEBOOK.read_text()))
     for name in ch08.REFERENCES.values():  # chapter_model says, for each dataset, which model it used
         assert f"reference {name!r}" in text.lower()
     assert "test accuracy" in text and "precision@10" in text
