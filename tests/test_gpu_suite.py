@@ -65,6 +65,11 @@ runpy.run_path({str(SCRIPT)!r}, run_name="__main__")
 """
 
 
+def references(suite):
+    """Return benchmarks/train_references.py, as the suite imported it."""
+    return sys.modules["train_references"]
+
+
 def run_suite(*args: str) -> subprocess.CompletedProcess:
     """Run the suite as on the GPU machine (PYTHONPATH=., none of ABSENT importable), on the CPU, one thread."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_MAX_OTHERS": "1", "PYTHONPATH": str(ROOT)}
@@ -189,16 +194,58 @@ def test_tiny_memory_rows_are_skipped_without_cuda_and_fit_trains_at_the_batch_a
 def test_tiny_references_are_timed_scored_and_judged_from_their_own_numbers(suite, tiny):
     part = tiny[0]["parts"]["references"]
     rows = part["rows"]
-    assert [r["code_size"] for r in rows] == list(suite.CODES)
+    expected = [(code, label) for code in suite.CODES for label in suite.gpu_candidates((3, 32, 32), code)]
+    assert [(r["code_size"], r["candidate"]) for r in rows] == expected
+    assert ("cifar10-384", "flat, width 32") not in {(r["name"], r["candidate"]) for r in rows}  # over 5 MB in float16
     for r in rows:
-        assert r["epochs"] == 1 and r["train_images"] == 256 and r["test_images"] == 100
-        assert r["images_per_second"] == pytest.approx(r["images_seen"] / r["seconds"])
-        assert 0 < r["test_mse"] < 1 and r["recipe_epochs"] == suite.REFERENCES[r["name"]]["epochs"]
+        assert r["epochs"] == 1 and r["train_images"] == 200 and r["test_images"] == 100
+        assert r["recipe"]["batch_size"] == suite.TINY["reference_batch"] and r["recipe"]["optimizer"] == "adamw"
+        assert r["images_per_second"] == pytest.approx(r["images_seen"] / r["fit_seconds"])
+        assert r["seconds"] >= r["fit_seconds"] > 0 and 0 < r["val_mse"] < 1 and 0 < r["test_mse"] < 1
         assert r["verdict"] == ("met" if r["seconds"] <= 80 else "missed")
+    for code in suite.CODES:  # one model kept per code size: the lowest validation MSE
+        mine = [r for r in rows if r["code_size"] == code]
+        assert [r["selected"] for r in mine] == [r is min(mine, key=lambda r: r["val_mse"]) for r in mine]
     slowest = max(rows, key=lambda r: r["seconds"])
     assert part["target"]["slowest"] == slowest["name"]
     assert part["target"]["verdict"] == ("met" if slowest["seconds"] <= 80 else "missed")
-    assert "not comparable" in part["note"]  # 256 images, not the references' 45,000
+    assert "not comparable" in part["note"]  # 200 images, not the references' 45,000
+
+
+def test_tiny_bundle_holds_the_kept_models_in_half_precision_and_loads_safely(suite, tiny):
+    doc, _, path = tiny
+    bundle = torch.load(path.with_name(suite.BUNDLE_NAME), map_location="cpu", weights_only=True)
+    assert bundle["complete"] is False  # trained on part of the split: --import-gpu refuses it
+    assert sorted(bundle["models"]) == sorted(f"cifar10-{c}" for c in suite.CODES)
+    kept = {r["name"]: r for r in doc["parts"]["references"]["rows"] if r["selected"]}
+    for name, entry in bundle["models"].items():
+        assert entry["row"]["candidate"] == kept[name]["candidate"]
+        model = cu.ConvAutoencoder(**entry["architecture"])
+        model.load_state_dict(entry["state_dict"])
+        weights = [entry["state_dict"][k] for k, _ in model.named_parameters()]
+        assert all(w.dtype == torch.float16 for w in weights)
+        assert entry["state_dict"][next(k for k in entry["state_dict"] if k.endswith("running_var"))].dtype == torch.float32
+
+
+def test_import_refuses_a_bundle_trained_on_part_of_the_split(suite, tiny, tmp_path):
+    _, _, path = tiny
+    with pytest.raises(cu.CourseError, match="part of the training split"):
+        references(suite).import_gpu(path.with_name(suite.BUNDLE_NAME), path, "test")
+
+
+@needs_cifar
+def test_import_keeps_the_shipped_reference_when_it_is_better_on_validation(suite, tiny, tmp_path):
+    from course_utils import pretrained as pt
+    _, _, path = tiny
+    bundle = torch.load(path.with_name(suite.BUNDLE_NAME), map_location="cpu", weights_only=True)
+    bundle["complete"] = True  # pretend: a model trained one epoch on 200 images cannot beat a reference anyway
+    bundle["models"] = {"cifar10-64": bundle["models"]["cifar10-64"]}
+    fake = tmp_path / "bundle.pt"
+    torch.save(bundle, fake)
+    before = pt.MANIFEST.read_bytes()
+    rows = references(suite).import_gpu(fake, path, "test")
+    assert [r["adopted"] for r in rows] == [False] and rows[0]["gpu_val_mse"] > rows[0]["shipped_val_mse"]
+    assert pt.MANIFEST.read_bytes() == before
 
 
 def test_stored_results_read_back_as_the_chapter_s_table(tiny):
@@ -256,8 +303,8 @@ def test_a_part_over_its_budget_is_cut_between_rows_and_the_rest_is_kept(suite, 
     ladder, refs = doc["parts"]["ladder"], doc["parts"]["references"]
     assert ladder["status"] == "cut" and "the ladder's rungs" in ladder["reason"]
     assert [r["role"] for r in ladder["rows"]] == ["baseline", "fit"]  # rows before the cut are kept
-    assert refs["status"] == "cut" and [r["code_size"] for r in refs["rows"]] == [64, 128]
-    assert refs["target"]["verdict"] == "missed" and refs["target"]["models_measured"] == 2  # not every model ran
+    assert refs["status"] == "cut" and [r["code_size"] for r in refs["rows"]] == [64, 64, 128, 128]
+    assert refs["target"]["verdict"] == "missed" and refs["target"]["models_measured"] == 4  # not every size ran
     assert doc["parts"]["memory"]["status"] == "skipped" and "--parts" in doc["parts"]["memory"]["reason"]
 
 
