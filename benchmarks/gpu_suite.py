@@ -1,6 +1,6 @@
 """Measure the course on one GPU in one command: chapter 05's speed ladder, memory, the references' training time.
 
-No GPU has run this suite yet: it is prepared so that a session lent one only runs the command below.
+Stored runs (an H200, 2026-11-30): benchmarks/results/gpu_suite*.json; benchmarks/README.md, "GPU suite", says what they measured.
 
     # here, once (CIFAR-10 from $COURSE_DATA_DIR, written as git-ignored parts under carry/):
     python benchmarks/gpu_suite.py --prepare-carry carry
@@ -27,9 +27,11 @@ between rows and recorded as such), the JSON rewritten atomically after every ro
   ``torch.compile`` with its compile time apart); target: the best setting >= 10x the article's loop.
 * ``memory``: peak GPU memory of one training step by batch size (``peak_memory_by_batch_size``)
   and the largest batch ``cu.fit_with_batch_fallback`` trains with.
-* ``references``: the recommended CIFAR-10 model at codes 64/128/256/384 trained with the
-  reference recipe (``benchmarks/train_references.py``): seconds per model (target <= 80 s),
-  images/s, test MSE.
+* ``references``: at each CIFAR-10 code size (64/128/256/384) the candidate architectures share a
+  fixed training time with the GPU recipe (``GPU_RECIPE`` of ``benchmarks/train_references.py``),
+  epochs counted from a timed probe; the best on the validation split is kept in ``gpu_references.pt``
+  beside ``--out`` (``train_references.py --import-gpu`` adopts it where it beats the shipped reference
+  on validation). Seconds per model (target <= 80 s), images/s, validation and check-test MSE.
 * ``notebooks``: with the time left, the notebooks in the gpu profile: through
   ``benchmarks/run_notebooks.py`` where nbclient and ipykernel are installed, else (as on the GPU
   machine, which lacks them) each notebook's code cells run as one Python script
@@ -61,8 +63,8 @@ import _common
 import course_utils as cu
 from course_utils.chapters import ch05_fast_training as ch05
 from course_utils.files import atomic_write
-from train_references import (CANDIDATES, CHECK_IMAGES, GPU_RECIPE, GPU_SECONDS_PER_CODE, architecture,
-                              gpu_candidates)
+from train_references import (CANDIDATES, CHECK_IMAGES, GPU_CANDIDATES, GPU_RECIPE, GPU_SECONDS_PER_CODE,
+                              architecture, gpu_candidates)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -79,11 +81,13 @@ MEMORY_BATCHES = (64, 256, 1024, 4096, 16384, 65536)
 
 FULL = dict(ladder_images=20_000, images_per_repeat=8192, repeats=3, warmup=3, larger_batches=(256, 1024),
             compile=True, memory_batches=MEMORY_BATCHES, reference_images=None,
-            reference_seconds=GPU_SECONDS_PER_CODE, reference_batch=GPU_RECIPE["batch_size"], probe_steps=20, reference_max_epochs=2000,
+            reference_seconds=GPU_SECONDS_PER_CODE, reference_batch=GPU_RECIPE["batch_size"],
+            reference_candidates=GPU_CANDIDATES, max_candidates=None, probe_steps=20, reference_max_epochs=2000,
             test_images=None, notebook_timeout=300)
 TINY = dict(ladder_images=256, images_per_repeat=64, repeats=1, warmup=1, larger_batches=(128,),
             compile="skipped in --tiny: compiling takes longer than the whole tiny run",
-            memory_batches=(16, 32), reference_images=200, reference_seconds=2.0, reference_batch=64, probe_steps=1,
+            memory_batches=(16, 32), reference_images=200, reference_seconds=2.0, reference_batch=64,
+            reference_candidates=GPU_CANDIDATES, max_candidates=None, probe_steps=1,
             reference_max_epochs=1, test_images=100, notebook_timeout=60)
 
 
@@ -347,7 +351,7 @@ def references_part(res: Results, budget: Budget, cfg: dict, device: torch.devic
     last_seconds = 0.0
     for code in CODES:
         name = f"cifar10-{code}"
-        labels = gpu_candidates(train.image_shape, code)
+        labels = gpu_candidates(train.image_shape, code, cfg["reference_candidates"])[:cfg["max_candidates"]]
         share = cfg["reference_seconds"] / len(labels)
         budget.check(name, estimate=last_seconds)
         t_code = time.perf_counter()
@@ -359,8 +363,9 @@ def references_part(res: Results, budget: Budget, cfg: dict, device: torch.devic
             step_s = probe_step_seconds(arch, train, device, cfg["probe_steps"], recipe)
             batch = recipe["batch_size"]
             steps_per_epoch = len(train) // batch if len(train) >= 2 * batch else -(-len(train) // batch)
-            # the probe and setting up count against the share; what is left goes to training
-            epochs = max(1, int((share - (time.perf_counter() - t0)) / (step_s * steps_per_epoch)))
+            # the probe and setting up count against the share; 90% of what is left goes to training, since
+            # steps run a little slower over a whole run than in the probe (seen on the H200)
+            epochs = max(1, int(0.9 * (share - (time.perf_counter() - t0)) / (step_s * steps_per_epoch)))
             epochs = min(epochs, cfg["reference_max_epochs"])
             cu.seed_everything(0)
             model = cu.ConvAutoencoder(**arch)
@@ -508,6 +513,14 @@ def header(device: torch.device) -> dict:
 def run_suite(args: argparse.Namespace) -> Results:
     """Run every part in its time budget, saving the JSON after each row; return the results."""
     cfg = dict(TINY if args.tiny else FULL)
+    if args.candidates:
+        cfg["reference_candidates"] = tuple(args.candidates)
+    if args.reference_batch:
+        cfg["reference_batch"] = args.reference_batch
+    if args.max_candidates:
+        cfg["max_candidates"] = args.max_candidates
+    if args.seconds_per_code:
+        cfg["reference_seconds"] = args.seconds_per_code
     device = torch.device(args.device) if args.device else cu.get_device()
     data = {"source": os.environ.get("COURSE_DATA_DIR", str(cu.data.data_root()))}
     if args.data is not None:
@@ -623,6 +636,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part-budget-s", type=float, help="the same budget for every part instead (for tests)")
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     parser.add_argument("--device", help="cuda, cpu, ... (default: the best here)")
+    parser.add_argument("--candidates", nargs="+", choices=sorted(CANDIDATES),
+                        help=f"references: the architectures to try at each code size (default: {', '.join(GPU_CANDIDATES)})")
+    parser.add_argument("--max-candidates", type=int,
+                        help="references: try only the first N of --candidates that fit the file limit at each size")
+    parser.add_argument("--seconds-per-code", type=float,
+                        help=f"references: training seconds per code size, shared by its candidates "
+                             f"(default {GPU_SECONDS_PER_CODE:g})")
+    parser.add_argument("--reference-batch", type=int, help=f"references: the batch size (default {GPU_RECIPE['batch_size']})")
     args = parser.parse_args(argv)
     args.argv = argv
     if args.prepare_carry is not None:

@@ -136,7 +136,8 @@ def add_to_manifest(row: dict) -> None:
         write_manifest(rows)
 
 
-CANDIDATES = {"flat, width 32": ("flat", 32), "spatial, width 32": ("spatial", 32), "spatial, width 64": ("spatial", 64)}
+CANDIDATES = {"flat, width 24": ("flat", 24), "flat, width 32": ("flat", 32), "flat, width 64": ("flat", 64),
+              "spatial, width 32": ("spatial", 32), "spatial, width 64": ("spatial", 64)}
 
 
 # The GPU recipe (benchmarks/gpu_suite.py's references part): the CPU recipe with a batch of 512, which keeps a
@@ -153,9 +154,9 @@ def file_bytes(arch: dict) -> int:
     return 2 * cu.count_parameters(cu.ConvAutoencoder(**arch))
 
 
-def gpu_candidates(image_shape, code_size: int) -> list[str]:
-    """Return the GPU candidates at this code size whose float16 file stays within MAX_FILE_BYTES."""
-    return [label for label in GPU_CANDIDATES
+def gpu_candidates(image_shape, code_size: int, labels=GPU_CANDIDATES) -> list[str]:
+    """Return the candidates at this code size whose float16 file stays within MAX_FILE_BYTES."""
+    return [label for label in labels
             if file_bytes(architecture(image_shape, code_size, *CANDIDATES[label])) <= MAX_FILE_BYTES]
 
 
@@ -268,7 +269,8 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(REFERENCES), help="train these (again)")
     parser.add_argument("--select", nargs="+", choices=sorted(REFERENCES), help="compare flat and spatial codes")
     parser.add_argument("--select-epochs", type=int, default=2)
-    parser.add_argument("--candidates", nargs="+", choices=sorted(CANDIDATES), default=sorted(CANDIDATES))
+    parser.add_argument("--candidates", nargs="+", choices=sorted(CANDIDATES),
+                        default=["flat, width 32", "spatial, width 32", "spatial, width 64"])
     parser.add_argument("--select-images", type=int, default=6000, help="train images for --select")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--work", type=Path, default=cu.data.user_cache_dir() / "references",

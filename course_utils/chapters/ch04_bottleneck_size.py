@@ -171,8 +171,10 @@ def reference_comparison(sizes: Sequence[int] = (64, 128, 256, 384), dataset: st
         row = {"code size": k, "reference": name if has_pretrained(name) else "not present"}
         if has_pretrained(name):
             info = pretrained_info(name)
-            row.update({"bottleneck": info["architecture"]["bottleneck"], "epochs": info["epochs"],
-                        "train minutes": info["wall_seconds"] / 60, "reference MSE": info["test_mse"],
+            row.update({"bottleneck": f"{info['architecture']['bottleneck']}, width {info['architecture']['widths'][0]}",
+                        "epochs": info["epochs"], "batch": info["recipe"]["batch_size"],
+                        "trained on": "GPU" if info.get("device") == "cuda" else "CPU",
+                        "train seconds": info["wall_seconds"], "reference MSE": info["test_mse"],
                         "PCA MSE": info["pca_test_mse"]})
             if test is not None:
                 row[f"reference MSE, {len(test):,} test images here"] = evaluate(load_pretrained(name), test,

@@ -251,12 +251,13 @@ GPU_RESULTS_FILE = "gpu_suite.json"  # what benchmarks/gpu_suite.py writes (benc
 
 @dataclasses.dataclass
 class GpuResults:
-    """A stored run of ``benchmarks/gpu_suite.py``: where it ran, and its speed ladder."""
+    """A stored run of ``benchmarks/gpu_suite.py``: where it ran, its speed ladder and its memory by batch size."""
 
     header: dict  # card, driver, cuda, torch, date, machine
     ladder: "pandas.DataFrame"  # one row per setup: batch, images/s, x the article's loop, status, note
     target: dict  # the best setting against the article's loop: ratio, target, verdict
     path: Path
+    memory: "pandas.DataFrame"  # peak MiB of one training step: one row per batch size, one column per model
 
 
 def _gpu_results_candidates() -> list[Path]:
@@ -266,7 +267,7 @@ def _gpu_results_candidates() -> list[Path]:
 
 
 def gpu_results(path: str | Path | None = None) -> GpuResults | None:
-    """Return the speed ladder and header of a stored GPU suite run; None when no results file is stored.
+    """Return the header, speed ladder and memory table of a stored GPU suite run; None when none is stored.
 
     ``path`` names the file; by default the package's copy, then the repository's
     ``benchmarks/results/gpu_suite.json``. Rows the run skipped keep their reason in ``note``.
@@ -302,4 +303,47 @@ def gpu_results(path: str | Path | None = None) -> GpuResults | None:
     ladder = ladder.set_index("setup")
     for column in ("batch", "images/s"):
         ladder[column] = ladder[column].astype("Int64")
-    return GpuResults(header, ladder, dict(target), found)
+    measured = [r for r in run["parts"].get("memory", {}).get("rows", []) if r.get("status") == "measured"]
+    memory = pd.DataFrame([{"model": r["model"], "batch": r["batch_size"], "peak MiB": round(r["peak_mib"])}
+                           for r in measured], columns=["model", "batch", "peak MiB"])
+    memory = memory.pivot(index="batch", columns="model", values="peak MiB") if measured else memory
+    return GpuResults(header, ladder, dict(target), found, memory)
+
+
+def gpu_ladder_lessons(stored: GpuResults, here: dict[str, Throughput | str] | None = None) -> list[str]:
+    """Return what a stored GPU ladder shows, one line each, computed from its rows (and this run's, if given)."""
+    rows = stored.ladder
+    rate = rows["images/s"]
+    fit_row = next(name for name in rows.index if name.startswith("cu.fit"))
+    base_row = next(name for name in rows.index if name.startswith("uint8 on the device"))
+    batch_rows = [name for name in rows.index if name.startswith("+ larger batch") and pd_notna(rate[name])]
+    ratio = rows["x article's loop"]
+    lines = [f"cu.fit at the article's batch size: {ratio[fit_row]:.2f}x the article's loop "
+             "(images already on the GPU, the loss read every 50 steps instead of every step)."]
+    if batch_rows:
+        gpu_gain = rate[batch_rows[-1]] / rate[base_row]
+        line = (f"Larger batches alone ({rows.loc[base_row, 'batch']} => {rows.loc[batch_rows[-1], 'batch']} images): "
+                f"{gpu_gain:.2f}x on the GPU")
+        mine = {k: v for k, v in (here or {}).items() if isinstance(v, Throughput)}
+        mine_batches = [k for k in mine if k.startswith("+ larger batch")]
+        mine_base = next((k for k in mine if k.startswith("uint8 on the device")), None)
+        if mine_batches and mine_base:
+            line += (f"; {mine[mine_batches[-1]].images_per_second / mine[mine_base].images_per_second:.2f}x here "
+                     f"({mine[mine_base].batch_size} => {mine[mine_batches[-1]].batch_size} images)")
+        lines.append(line + ".")
+    for name in rows.index[rows.index.get_loc(batch_rows[-1]) + 1 if batch_rows else 0:]:
+        if not name.startswith("+ ") or name.startswith("+ larger batch"):
+            continue
+        lines.append(f"{name}: {rows.loc[name, 'note'] or rows.loc[name, 'status']}.")
+    t = stored.target
+    if t:
+        lines.append(f"Best on that GPU: {t['best']}, {t['ratio']:.2f}x the article's loop "
+                     f"({t['best_images_per_second']:,.0f} against {t['baseline_images_per_second']:,.0f} images/s).")
+    return lines
+
+
+def pd_notna(value) -> bool:
+    """Return whether a table cell holds a value (pandas' NA and None do not)."""
+    import pandas as pd
+
+    return bool(pd.notna(value))
