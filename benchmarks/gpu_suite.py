@@ -64,7 +64,7 @@ import course_utils as cu
 from course_utils.chapters import ch05_fast_training as ch05
 from course_utils.files import atomic_write
 from train_references import (CANDIDATES, CHECK_IMAGES, GPU_CANDIDATES, GPU_RECIPE, GPU_SECONDS_PER_CODE,
-                              architecture, gpu_candidates)
+                              candidate_architecture, gpu_candidates)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -357,8 +357,7 @@ def references_part(res: Results, budget: Budget, cfg: dict, device: torch.devic
         t_code = time.perf_counter()
         scored = []
         for label in labels:
-            bottleneck, width = CANDIDATES[label]
-            arch = architecture(train.image_shape, code, bottleneck, width)
+            arch = candidate_architecture(train.image_shape, code, label)
             t0 = time.perf_counter()
             step_s = probe_step_seconds(arch, train, device, cfg["probe_steps"], recipe)
             batch = recipe["batch_size"]

@@ -260,6 +260,33 @@ def test_stored_results_read_back_as_the_chapter_s_table(tiny):
     assert stored.target["verdict"] == doc["parts"]["ladder"]["target"]["verdict"]
 
 
+def test_the_shipped_gpu_results_are_the_repository_s_and_read_back_whole():
+    shipped = ROOT / "course_utils" / "pretrained" / "gpu_suite.json"
+    assert shipped.read_bytes() == (ROOT / "benchmarks" / "results" / "gpu_suite.json").read_bytes()
+    stored = ch05.gpu_results()
+    assert stored.path == shipped and stored.header["card"] == "NVIDIA H200" and stored.header["device"] == "cuda"
+    assert stored.target["verdict"] == ("met" if stored.target["ratio"] >= 10 else "missed")
+    doc = json.loads(shipped.read_text())
+    measured = [r for r in doc["parts"]["memory"]["rows"] if r["status"] == "measured"]
+    assert stored.memory.size == len(measured)
+    for r in measured:
+        assert stored.memory.loc[r["batch_size"], r["model"]] == round(r["peak_mib"])
+
+
+def test_gpu_ladder_lessons_are_computed_from_the_stored_rows():
+    stored = ch05.gpu_results()
+    lines = ch05.gpu_ladder_lessons(stored)
+    rate = stored.ladder["images/s"]
+    batch_rows = [n for n in stored.ladder.index if n.startswith("+ larger batch")]
+    base = next(n for n in stored.ladder.index if n.startswith("uint8 on the device"))
+    assert f"{rate[batch_rows[-1]] / rate[base]:.2f}x on the GPU" in lines[1]
+    assert lines[-1].startswith(f"Best on that GPU: {stored.target['best']}, {stored.target['ratio']:.2f}x")
+    assert any(line.startswith("+ torch.compile: ") for line in lines)
+    here = {"uint8 on the device, batch 64": cu.Throughput(100.0, [100.0], 64, 640, 6.4, []),
+            "+ larger batch (256)": cu.Throughput(150.0, [150.0], 256, 2560, 17.0, [])}
+    assert "1.50x here (64 => 256 images)" in ch05.gpu_ladder_lessons(stored, here)[1]
+
+
 def test_gpu_results_is_none_without_a_stored_file_and_says_how_to_make_one(monkeypatch, tmp_path):
     monkeypatch.setattr(ch05, "_gpu_results_candidates", lambda: [tmp_path / "none.json"])
     assert ch05.gpu_results() is None
@@ -341,3 +368,17 @@ def test_a_notebook_runs_as_a_plain_script_where_jupyter_is_missing(suite, tmp_p
 @pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)
 def test_every_course_notebook_converts_to_valid_python(suite, path):
     compile(suite.notebook_as_script(path), str(path), "exec")
+
+
+def test_every_candidate_builds_and_the_file_limit_decides_which_run(suite):
+    refs = references(suite)
+    for code in suite.CODES:
+        fitting = refs.gpu_candidates((3, 32, 32), code, tuple(refs.CANDIDATES))
+        for label in refs.CANDIDATES:
+            arch = refs.candidate_architecture((3, 32, 32), code, label)
+            model = cu.ConvAutoencoder(**arch)
+            assert model(torch.rand(2, 3, 32, 32)).shape == (2, 3, 32, 32) and model.code_size == code
+            assert (label in fitting) == (2 * cu.count_parameters(model) <= refs.MAX_FILE_BYTES)
+    variant = refs.candidate_architecture((3, 32, 32), 128, "flat, width 32, 2 convs, GELU")
+    assert variant["convs_per_stage"] == 2 and variant["activation"] == "gelu"
+    assert "flat, width 32" not in refs.gpu_candidates((3, 32, 32), 384)  # 6.4 MB in float16: over the limit

@@ -37,6 +37,23 @@ def test_references_fit_the_size_budget():
         assert (pt.PRETRAINED_DIR / r["file"]).stat().st_size == r["bytes"]
 
 
+def test_each_shipped_reference_has_the_architecture_the_training_script_names():
+    script = load_script("benchmarks/train_references.py")
+    for name in pt.pretrained_names():
+        row, spec = cu.pretrained_info(name), script.REFERENCES[name]
+        shape = (1, 28, 28) if spec["dataset"] == "fashion-mnist" else (3, 32, 32)
+        assert row["architecture"] == script.architecture(shape, spec["code_size"], spec["bottleneck"],
+                                                          spec["base_width"]), name
+
+
+def test_gpu_trained_references_say_where_and_how_they_were_chosen():
+    gpu = [cu.pretrained_info(n) for n in pt.pretrained_names() if cu.pretrained_info(n).get("device") == "cuda"]
+    for row in gpu:
+        assert "H200" in row["machine"] and "gpu_suite.py" in row["command"] and "--import-gpu" in row["command"]
+        assert row["selection"].startswith("best validation MSE of") and row["wall_seconds"] <= 80
+        assert row["bytes"] <= 5_000_000 and row["recipe"]["batch_size"] in (512, 1024)
+
+
 @pytest.fixture
 def shelf(tmp_path, monkeypatch):
     """A temporary pretrained folder holding one small trained-looking model and its manifest row."""
