@@ -61,6 +61,7 @@ import torch
 
 import _common
 import course_utils as cu
+from course_utils import pretrained as pt
 from course_utils.chapters import ch05_fast_training as ch05
 from course_utils.files import atomic_write
 from train_references import (CANDIDATES, CHECK_IMAGES, GPU_CANDIDATES, GPU_RECIPE, GPU_SECONDS_PER_CODE,
@@ -320,13 +321,6 @@ def probe_step_seconds(arch: dict, train: cu.ImageData, device: torch.device, st
     return history.records[-1]["seconds"] / max(1, len(images) // recipe["batch_size"])
 
 
-def half_state(model: torch.nn.Module) -> dict:
-    """Return the state dict as a shipped reference stores it: parameters float16, buffers as they are, on the CPU."""
-    parameters = {name for name, _ in model.named_parameters()}
-    return {k: (v.half() if k in parameters and v.is_floating_point() else v).cpu()
-            for k, v in model.state_dict().items()}
-
-
 def references_part(res: Results, budget: Budget, cfg: dict, device: torch.device, data: dict,
                     bundle_path: Path) -> None:
     """Train each code size's candidates with the GPU recipe in a fixed time; keep the best on the validation split.
@@ -389,7 +383,7 @@ def references_part(res: Results, budget: Budget, cfg: dict, device: torch.devic
         best, model, arch = min(scored, key=lambda s: s[0]["val_mse"])
         for row, _, _ in scored:
             row["selected"] = row is best
-        bundle["models"][name] = {"architecture": arch, "state_dict": half_state(model),
+        bundle["models"][name] = {"architecture": arch, "state_dict": pt.half_precision_state(model),
                                  "row": plain(best)}
         with atomic_write(bundle_path) as f:
             torch.save(bundle, f)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import shlex
 import sys
@@ -73,8 +74,9 @@ def architecture(image_shape, code_size: int, bottleneck: str, base_width: int =
     return arch
 
 
+@functools.lru_cache(maxsize=None)
 def splits(dataset: str):
-    """Return (train less validation, validation, test) of a dataset, whole."""
+    """Return (train less validation, validation, test) of a dataset, whole (read once per run)."""
     train, val = cu.validation_split(cu.load_dataset(dataset, "train"))
     return train, val, cu.load_dataset(dataset, "test")
 

@@ -120,9 +120,14 @@ def save_reference(model: nn.Module, path: str | Path) -> str:
     """
     from .files import atomic_write
 
-    parameters = {name for name, _ in model.named_parameters()}
-    state = {k: (v.half() if k in parameters and v.is_floating_point() else v) for k, v in model.state_dict().items()}
     with atomic_write(path) as f:
-        torch.save(state, f)
+        torch.save(half_precision_state(model), f)
     return file_sha256(path)
+
+
+def half_precision_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Return the state dict as a reference stores it: parameters in float16, buffers as they are, on the CPU."""
+    parameters = {name for name, _ in model.named_parameters()}
+    return {k: (v.half() if k in parameters and v.is_floating_point() else v).cpu()
+            for k, v in model.state_dict().items()}
 

@@ -312,11 +312,13 @@ def gpu_results(path: str | Path | None = None) -> GpuResults | None:
 
 def gpu_ladder_lessons(stored: GpuResults, here: dict[str, Throughput | str] | None = None) -> list[str]:
     """Return what a stored GPU ladder shows, one line each, computed from its rows (and this run's, if given)."""
+    import pandas as pd
+
     rows = stored.ladder
     rate = rows["images/s"]
     fit_row = next(name for name in rows.index if name.startswith("cu.fit"))
     base_row = next(name for name in rows.index if name.startswith("uint8 on the device"))
-    batch_rows = [name for name in rows.index if name.startswith("+ larger batch") and pd_notna(rate[name])]
+    batch_rows = [name for name in rows.index if name.startswith("+ larger batch") and pd.notna(rate[name])]
     ratio = rows["x article's loop"]
     lines = [f"cu.fit at the article's batch size: {ratio[fit_row]:.2f}x the article's loop "
              "(images already on the GPU, the loss read every 50 steps instead of every step)."]
@@ -341,9 +343,3 @@ def gpu_ladder_lessons(stored: GpuResults, here: dict[str, Throughput | str] | N
                      f"({t['best_images_per_second']:,.0f} against {t['baseline_images_per_second']:,.0f} images/s).")
     return lines
 
-
-def pd_notna(value) -> bool:
-    """Return whether a table cell holds a value (pandas' NA and None do not)."""
-    import pandas as pd
-
-    return bool(pd.notna(value))
