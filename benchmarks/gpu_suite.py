@@ -65,7 +65,7 @@ from course_utils import pretrained as pt
 from course_utils.chapters import ch05_fast_training as ch05
 from course_utils.files import atomic_write
 from train_references import (CANDIDATES, CHECK_IMAGES, GPU_CANDIDATES, GPU_RECIPE, GPU_SECONDS_PER_CODE,
-                              candidate_architecture, gpu_candidates)
+                              candidate_architecture, candidate_recipe, fit_options, gpu_candidates)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -317,7 +317,7 @@ def probe_step_seconds(arch: dict, train: cu.ImageData, device: torch.device, st
     """Return the seconds one training step of this architecture takes with ``recipe`` (a throwaway model)."""
     probe = cu.ConvAutoencoder(**arch)
     images = train.subset(steps * recipe["batch_size"])
-    history = cu.fit(probe, images, epochs=2, device=device, progress=False, **recipe)  # epoch 1 warms up
+    history = cu.fit(probe, images, epochs=2, device=device, progress=False, **fit_options(recipe))  # 1 warms up
     return history.records[-1]["seconds"] / max(1, len(images) // recipe["batch_size"])
 
 
@@ -351,9 +351,9 @@ def references_part(res: Results, budget: Budget, cfg: dict, device: torch.devic
         t_code = time.perf_counter()
         scored = []
         for label in labels:
-            arch = candidate_architecture(train.image_shape, code, label)
+            arch, trained_with = candidate_architecture(train.image_shape, code, label), candidate_recipe(label, recipe)
             t0 = time.perf_counter()
-            step_s = probe_step_seconds(arch, train, device, cfg["probe_steps"], recipe)
+            step_s = probe_step_seconds(arch, train, device, cfg["probe_steps"], trained_with)
             batch = recipe["batch_size"]
             steps_per_epoch = len(train) // batch if len(train) >= 2 * batch else -(-len(train) // batch)
             # the probe and setting up count against the share; 90% of what is left goes to training, since
@@ -364,13 +364,13 @@ def references_part(res: Results, budget: Budget, cfg: dict, device: torch.devic
             model = cu.ConvAutoencoder(**arch)
             t1 = time.perf_counter()
             history = cu.fit(model, train, epochs=epochs, device=device, progress=False, desc=f"{name} {label}",
-                             **recipe)
+                             **fit_options(trained_with))
             fit_seconds = time.perf_counter() - t1
             seconds = time.perf_counter() - t0  # probe included: what making this model cost
             val_mse = cu.evaluate(model, val, ssim=False, device=device)["mse"]
             check = cu.evaluate(model, test, ssim=False, device=device)
             row = {"name": name, "code_size": code, "candidate": label, "candidates": labels, "status": "measured",
-                   "recipe": recipe, "epochs": epochs, "probe_step_seconds": step_s,
+                   "recipe": trained_with, "epochs": epochs, "probe_step_seconds": step_s,
                    "train_images": len(train), "images_seen": len(train) * epochs, "seconds": seconds,
                    "fit_seconds": fit_seconds, "images_per_second": len(train) * epochs / fit_seconds,
                    "val_mse": val_mse, "test_mse": check["mse"], "test_psnr": check["psnr"],

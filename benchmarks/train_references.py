@@ -86,13 +86,14 @@ def train_reference(name: str, spec: dict, work: Path, command: str, train_image
     train, val, test = splits(spec["dataset"])
     train = train.subset(train_images)  # all of them unless trying the script out
     arch = architecture(train.image_shape, spec["code_size"], spec["bottleneck"], spec["base_width"])
+    recipe = {**RECIPE, **({"augment": spec["augment"]} if spec.get("augment") else {})}
     cu.seed_everything(0)
     model = cu.ConvAutoencoder(**arch)
     checkpoint = work / f"{name}.ckpt"
     history = cu.fit(model, train, val, epochs=spec["epochs"], checkpoint=checkpoint, resume=checkpoint.exists(),
-                     desc=name, **RECIPE)
+                     desc=name, **fit_options(recipe))
     seconds = sum(r["seconds"] for r in history.records)
-    how = {"recipe": RECIPE, "epochs": len(history), "wall_seconds": round(seconds, 1), "device": "cpu",
+    how = {"recipe": recipe, "epochs": len(history), "wall_seconds": round(seconds, 1), "device": "cpu",
            "images_per_second": round(len(train) * len(history) / seconds, 1), "machine": _common.machine_line(),
            "torch": torch.__version__, "date": f"{dt.date.today()}", "command": command}
     return store_reference(name, spec["dataset"], spec["code_size"], arch, model, (train, val, test), how)
@@ -148,16 +149,35 @@ def add_to_manifest(row: dict) -> None:
         write_manifest(rows)
 
 
-CANDIDATES = {"flat, width 24": ("flat", 24), "flat, width 32": ("flat", 32), "flat, width 64": ("flat", 64),
-              "spatial, width 32": ("spatial", 32), "spatial, width 64": ("spatial", 64),
+CANDIDATES = {"flat, width 24": ("flat", 24), "flat, width 32": ("flat", 32), "flat, width 48": ("flat", 48),
+              "flat, width 64": ("flat", 64), "spatial, width 32": ("spatial", 32), "spatial, width 64": ("spatial", 64),
               # closer to UvA tutorial 9's design (two convolutions per stage, GELU): not yet trained on a GPU
               "flat, width 32, 2 convs, GELU": ("flat", 32, {"convs_per_stage": 2, "activation": "gelu"})}
+# "<candidate> + flips" trains the same model on batches whose random half is mirrored (fit's augment=cu.flip_half):
+# twice the distinct pictures, against the overfitting seen at 64 and 128 values (benchmarks/README.md)
+FLIPS = " + flips"
+CANDIDATES.update({label + FLIPS: CANDIDATES[label] for label in
+                   ("flat, width 32", "flat, width 48", "flat, width 64", "flat, width 32, 2 convs, GELU")})
+AUGMENTS = {"flip_half": cu.flip_half}  # a recipe's "augment" names one of these
 
 
 def candidate_architecture(image_shape, code_size: int, label: str) -> dict:
     """Return the ConvAutoencoder arguments of candidate ``label`` at this code size."""
     bottleneck, width, *variant = CANDIDATES[label]
     return architecture(image_shape, code_size, bottleneck, width, **(variant[0] if variant else {}))
+
+
+def candidate_recipe(label: str, recipe: dict) -> dict:
+    """Return ``recipe`` as candidate ``label`` trains with it (``augment`` named for its " + flips" variant)."""
+    return {**recipe, "augment": "flip_half"} if label.endswith(FLIPS) else dict(recipe)
+
+
+def fit_options(recipe: dict) -> dict:
+    """Return fit's keyword arguments for a recipe (whose ``augment``, if any, is a name in AUGMENTS)."""
+    options = dict(recipe)
+    if options.get("augment") is not None:
+        options["augment"] = AUGMENTS[options["augment"]]
+    return options
 
 
 # The GPU recipe (benchmarks/gpu_suite.py's references part): the CPU recipe with a batch of 512, which keeps a
@@ -233,7 +253,7 @@ def select(name: str, epochs: int, train_images: int | None, candidates=tuple(CA
         cu.seed_everything(0)
         model = cu.ConvAutoencoder(**arch)
         t0 = time.perf_counter()
-        cu.fit(model, train, epochs=epochs, desc=f"{name} {label}", **RECIPE)
+        cu.fit(model, train, epochs=epochs, desc=f"{name} {label}", **fit_options(candidate_recipe(label, RECIPE)))
         seconds = time.perf_counter() - t0
         scores = cu.evaluate(model, val, ssim=False)
         rows.append({"name": name, "candidate": label, "bottleneck": bottleneck, "base_width": base_width,

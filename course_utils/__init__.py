@@ -37,9 +37,9 @@ __version__ = "0.1.0"
 from .errors import CheckpointError, CorruptPackError, CourseError, DataNotFoundError, TrainingDivergedError
 from .environment import (PROFILES, Profile, cpu_name, describe_setup, get_device, get_profile, seed_everything,
                           start_chapter)
-from .data import (DeviceBatches, ImageData, ImageDataset, inspect_image_folder, load_dataset, load_image_folder,
-                   random_patches, read_pack, read_photos, resize_images, to_float, to_uint8, validation_split,
-                   write_pack)
+from .data import (DeviceBatches, ImageData, ImageDataset, flip_half, inspect_image_folder, load_dataset,
+                   load_image_folder, random_patches, read_pack, read_photos, resize_images, to_float, to_uint8,
+                   validation_split, write_pack)
 from .models import (RECOMMENDED_TRAINING, ConvAutoencoder, ConvClassifier, ConvDecoder, ConvEncoder,
                      conv_output_size, conv_transpose_output_size, count_parameters, recommended_autoencoder,
                      transposed_padding)
@@ -87,9 +87,9 @@ __all__ = [
     "PROFILES", "Profile", "cpu_name", "describe_setup", "get_device", "get_profile", "seed_everything",
     "start_chapter",
     # data
-    "DeviceBatches", "ImageData", "ImageDataset", "inspect_image_folder", "load_dataset", "load_image_folder",
-    "random_patches", "read_pack", "read_photos", "resize_images", "to_float", "to_uint8", "validation_split",
-    "write_pack",
+    "DeviceBatches", "ImageData", "ImageDataset", "flip_half", "inspect_image_folder", "load_dataset",
+    "load_image_folder", "random_patches", "read_pack", "read_photos", "resize_images", "to_float", "to_uint8",
+    "validation_split", "write_pack",
     # models
     "RECOMMENDED_TRAINING", "ConvAutoencoder", "ConvClassifier", "ConvDecoder", "ConvEncoder", "conv_output_size",
     "conv_transpose_output_size", "count_parameters", "recommended_autoencoder", "transposed_padding",

@@ -138,6 +138,18 @@ def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (0.0, 1.0)
     return x.clamp_(0, 255).round_().to(torch.uint8)
 
 
+def flip_half(batch: torch.Tensor) -> torch.Tensor:
+    """Mirror the first half of a shuffled batch left to right: whole-batch augmentation on the device.
+
+    ``fit`` shuffles every epoch, so the first half is a fresh random half of the images each time
+    and no random numbers are drawn (a resumed run sees the same flips). A photo and its mirror
+    image are equally likely, so this doubles the pictures an autoencoder learns from; pass it as
+    ``fit(..., augment=flip_half)``. Not for pictures whose left and right differ (text, digits).
+    """
+    half = batch.shape[0] // 2
+    return torch.cat([batch[:half].flip(-1), batch[half:]]) if half else batch
+
+
 # --------------------------------------------------------------------------- roots
 def user_cache_dir() -> Path:
     """Return the per-user cache folder used when no repository ``data/`` folder exists."""

@@ -303,7 +303,7 @@ def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: Image
         value_range: tuple[float, float] | None = None, device: torch.device | str | None = None,
         amp: bool | str = "auto", channels_last: bool | str = "auto", fused: bool | str = "auto",
         compile: bool = False, max_grad_norm: float | None = None, input_transform: Callable | None = None,
-        checkpoint: str | Path | None = None, checkpoint_every: int | None = None, resume: bool = False,
+        augment: Callable | None = None, checkpoint: str | Path | None = None, checkpoint_every: int | None = None, resume: bool = False,
         seed: int = 0, progress: bool = True, check_every: int = 50, stop_after_steps: int | None = None,
         desc: str | None = None, sync_batchnorm: bool = False) -> History:
     """Train an autoencoder to reconstruct its input; return the per-epoch History.
@@ -311,7 +311,8 @@ def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: Image
     ``train`` is ImageData (fast path: uint8 on the device, shuffled there) or any iterable of
     float batches (``x`` or ``(x, label)``, e.g. a DataLoader). The step is `TrainStep`'s:
     ``amp``, ``channels_last`` and ``fused`` default to what is fast on this device, and
-    ``input_transform`` corrupts the inputs only (denoising). With ``checkpoint`` set, the run
+    ``input_transform`` corrupts the inputs only (denoising); ``augment`` changes each batch,
+    input and target alike, before the step (e.g. `flip_half`). With ``checkpoint`` set, the run
     is saved atomically at every epoch end (and every ``checkpoint_every`` steps); with
     ``resume=True`` it continues from that file, replaying the same batch order.
 
@@ -340,7 +341,8 @@ def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: Image
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
               "weight_decay": weight_decay, "schedule": schedule, "seed": seed, "value_range": list(value_range),
               "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "custom"),
-              "model": type(model).__name__, "images": batches.count * batch_size, "processes": dp.world_size}
+              "model": type(model).__name__, "images": batches.count * batch_size, "processes": dp.world_size,
+              "augment": None if augment is None else getattr(augment, "__name__", "custom")}
     save = _Checkpointer(checkpoint, step, config, dp) if checkpoint is not None else None
 
     history, start_epoch, start_batch, n_steps = History(), 0, 0, 0
@@ -360,7 +362,7 @@ def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: Image
             losses = _EpochLosses(batches.count, first, epoch, n_steps - first, history, lr, device)
             t0, seen = time.perf_counter(), 0
             for b, x in enumerate(batches.epoch(epoch, first), start=first):
-                losses.values[b] = step(x)
+                losses.values[b] = step(augment(x) if augment is not None else x)
                 seen, n_steps = seen + x.shape[0] * dp.world_size, n_steps + 1  # images of the global batch
                 bar.update(1)
                 last = b + 1 == batches.count

@@ -382,3 +382,15 @@ def test_every_candidate_builds_and_the_file_limit_decides_which_run(suite):
     variant = refs.candidate_architecture((3, 32, 32), 128, "flat, width 32, 2 convs, GELU")
     assert variant["convs_per_stage"] == 2 and variant["activation"] == "gelu"
     assert "flat, width 32" not in refs.gpu_candidates((3, 32, 32), 384)  # 6.4 MB in float16: over the limit
+
+
+def test_a_flips_candidate_is_the_same_model_trained_on_mirrored_halves(suite):
+    refs = references(suite)
+    label = "flat, width 48" + refs.FLIPS
+    assert refs.candidate_architecture((3, 32, 32), 64, label) == refs.candidate_architecture((3, 32, 32), 64,
+                                                                                               "flat, width 48")
+    recipe = refs.candidate_recipe(label, refs.GPU_RECIPE)
+    assert recipe == {**refs.GPU_RECIPE, "augment": "flip_half"} and "augment" not in refs.GPU_RECIPE
+    json.dumps(recipe)  # stored as is in the suite's rows and the manifest
+    assert refs.fit_options(recipe)["augment"] is cu.flip_half
+    assert refs.fit_options(refs.candidate_recipe("flat, width 48", refs.GPU_RECIPE)) == refs.GPU_RECIPE

@@ -50,6 +50,35 @@ def test_fit_accepts_a_standard_dataloader(train_part):
     assert history["train_loss"][1] < history["train_loss"][0]
 
 
+def test_flip_half_mirrors_the_first_half_only(cifar_test):
+    batch = cu.to_float(cifar_test.images[:9])
+    kept = batch.clone()
+    flipped = cu.flip_half(batch)
+    assert torch.equal(batch, kept)  # the input is not changed in place
+    assert torch.equal(flipped[:4], kept[:4].flip(-1)) and torch.equal(flipped[4:], kept[4:])
+    assert not torch.equal(flipped[:4], kept[:4])  # real photos are not mirror-symmetric
+    assert torch.equal(cu.flip_half(batch[:1]), batch[:1])
+
+
+def test_augment_changes_input_and_target_alike(cifar_test):
+    """fit(augment=...) trains on the augmented batch: the model sees it and the loss compares with it."""
+    part = cifar_test.subset(256)
+
+    def first_step(augment):
+        seen = []
+        torch.manual_seed(0)
+        model = cu.ConvAutoencoder(32, 3, (8, 16), latent=16)
+        model.register_forward_hook(lambda m, i, o: seen.append((i[0].detach().clone(), o.detach().clone())))
+        history = cu.fit(model, part, epochs=1, batch_size=64, augment=augment, amp=False, channels_last=False,
+                         progress=False, stop_after_steps=1)
+        return seen[-1], history.step_losses[0]  # the last forward: fit first checks the model fits
+
+    (plain, _), _ = first_step(None)
+    (inputs, out), loss = first_step(cu.flip_half)
+    assert torch.equal(inputs[:32], plain[:32].flip(-1)) and torch.equal(inputs[32:], plain[32:])
+    assert loss == pytest.approx(float(torch.nn.functional.mse_loss(out, inputs)), rel=1e-5)
+
+
 def test_paperspace_replica_trains_in_minus_one_to_one(cifar_test):
     model = cu.PaperspaceAutoencoder()
     part = cifar_test.subset(512)
