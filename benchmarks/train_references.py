@@ -45,8 +45,10 @@ REFERENCES: dict[str, dict] = {
                           "epochs": 8},
     "cifar10-256": {"dataset": "cifar10", "code_size": 256, "bottleneck": "flat", "base_width": 32, "epochs": 16},
     "cifar10-384": {"dataset": "cifar10", "code_size": 384, "bottleneck": "flat", "base_width": 24, "epochs": 16},
-    "cifar10-128": {"dataset": "cifar10", "code_size": 128, "bottleneck": "flat", "base_width": 32, "epochs": 16},
-    "cifar10-64": {"dataset": "cifar10", "code_size": 64, "bottleneck": "flat", "base_width": 32, "epochs": 8},
+    "cifar10-128": {"dataset": "cifar10", "code_size": 128, "bottleneck": "flat", "base_width": 48, "epochs": 26,
+                    "recipe": {"batch_size": 256, "augment": "flip_half"}},
+    "cifar10-64": {"dataset": "cifar10", "code_size": 64, "bottleneck": "flat", "base_width": 48, "epochs": 26,
+                   "recipe": {"batch_size": 256, "augment": "flip_half"}},
 }
 RECIPE = dict(cu.RECOMMENDED_TRAINING)
 CHECK_IMAGES = 1_000  # test images a quick check re-scores (test.subset(CHECK_IMAGES)): the tests redo it
@@ -81,18 +83,40 @@ def splits(dataset: str):
     return train, val, cu.load_dataset(dataset, "test")
 
 
-def train_reference(name: str, spec: dict, work: Path, command: str, train_images: int | None = None) -> dict:
-    """Train one reference (resuming from ``work``), store its half-precision weights, return its manifest row."""
+def stored_val_mse(model: torch.nn.Module, arch: dict, val: cu.ImageData) -> float:
+    """Return the validation MSE of ``model`` as a reference file would hold it (half-precision parameters)."""
+    stored = cu.ConvAutoencoder(**arch)
+    stored.load_state_dict(pt.half_precision_state(model))
+    return cu.evaluate(stored.float(), val, ssim=False)["mse"]
+
+
+def shipped_val_mse(name: str) -> float | None:
+    """Return the validation MSE of the shipped reference ``name`` (None if there is none yet)."""
+    return pt.pretrained_info(name)["val_mse"] if name in pt.pretrained_names() else None
+
+
+def train_reference(name: str, spec: dict, work: Path, command: str, train_images: int | None = None,
+                    replace: bool = False) -> dict | None:
+    """Train one reference (resuming from ``work``), store its half-precision weights, return its manifest row.
+
+    The new model replaces the shipped one only if its validation MSE is not higher (or ``replace``);
+    otherwise nothing is written and None is returned.
+    """
     train, val, test = splits(spec["dataset"])
     train = train.subset(train_images)  # all of them unless trying the script out
     arch = architecture(train.image_shape, spec["code_size"], spec["bottleneck"], spec["base_width"])
-    recipe = {**RECIPE, **({"augment": spec["augment"]} if spec.get("augment") else {})}
+    recipe = {**RECIPE, **spec.get("recipe", {})}  # e.g. {"batch_size": 256, "augment": "flip_half"}
     cu.seed_everything(0)
     model = cu.ConvAutoencoder(**arch)
     checkpoint = work / f"{name}.ckpt"
     history = cu.fit(model, train, val, epochs=spec["epochs"], checkpoint=checkpoint, resume=checkpoint.exists(),
                      desc=name, **fit_options(recipe))
     seconds = sum(r["seconds"] for r in history.records)
+    val_mse, shipped = stored_val_mse(model, arch, val), shipped_val_mse(name)
+    if not replace and shipped is not None and round(val_mse, 6) > shipped:
+        print(f"{name}: validation MSE {val_mse:.6f} is higher than the shipped reference's {shipped:.6f}; "
+              "kept the shipped one (--replace to overwrite it anyway)", flush=True)
+        return None
     how = {"recipe": recipe, "epochs": len(history), "wall_seconds": round(seconds, 1), "device": "cpu",
            "images_per_second": round(len(train) * len(history) / seconds, 1), "machine": _common.machine_line(),
            "torch": torch.__version__, "date": f"{dt.date.today()}", "command": command}
@@ -241,11 +265,12 @@ def import_gpu(bundle_path: Path, suite_path: Path, command: str) -> list[dict]:
     return rows
 
 
-def select(name: str, epochs: int, train_images: int | None, candidates=tuple(CANDIDATES)) -> list[dict]:
+def select(name: str, epochs: int, train_images: int | None, candidates=tuple(CANDIDATES),
+           batch_size: int = RECIPE["batch_size"]) -> list[dict]:
     """Train each candidate architecture briefly on the same images; return their validation scores."""
     spec = REFERENCES[name]
     train, val, _ = splits(spec["dataset"])
-    train = train.subset(train_images)
+    train = train.subset(train_images or None)  # 0: all of them
     rows = []
     for label in candidates:
         arch = candidate_architecture(train.image_shape, spec["code_size"], label)
@@ -253,12 +278,14 @@ def select(name: str, epochs: int, train_images: int | None, candidates=tuple(CA
         cu.seed_everything(0)
         model = cu.ConvAutoencoder(**arch)
         t0 = time.perf_counter()
-        cu.fit(model, train, epochs=epochs, desc=f"{name} {label}", **fit_options(candidate_recipe(label, RECIPE)))
+        recipe = candidate_recipe(label, {**RECIPE, "batch_size": batch_size})
+        history = cu.fit(model, train, val, epochs=epochs, desc=f"{name} {label}", **fit_options(recipe))
         seconds = time.perf_counter() - t0
         scores = cu.evaluate(model, val, ssim=False)
         rows.append({"name": name, "candidate": label, "bottleneck": bottleneck, "base_width": base_width,
                      "code_size": spec["code_size"], "epochs": epochs, "train_images": len(train),
-                     "split": "validation", "val_mse": round(scores["mse"], 6),
+                     "recipe": recipe, "split": "validation", "val_mse": round(scores["mse"], 6),
+                     "val_mse_by_epoch": [round(r["val_mse"], 6) for r in history.records],
                      "parameters": cu.count_parameters(model), "seconds": round(seconds, 1),
                      "torch_threads": torch.get_num_threads(), "machine": _common.machine_line(stamp=True)})
         print(json.dumps({k: rows[-1][k] for k in ("name", "candidate", "val_mse", "parameters", "seconds")}))
@@ -276,15 +303,16 @@ def report() -> str:
     """Return the README's table of the references and the targets met or missed, from the manifest."""
     uva = cu.chapters.ch04_bottleneck_size.UVA_TUTORIAL9_TEST_MSE
     rows = [pt.pretrained_info(n) for n in pt.pretrained_names()]
-    lines = ["| reference | code | bottleneck, width | parameters | epochs | wall time | images/s | test MSE | "
-             "PSNR (dB) | SSIM | PCA, same images | UvA (literature) | file |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| reference | code | bottleneck, width | parameters | batch | augment | epochs | wall time | images/s | "
+             "test MSE | PSNR (dB) | SSIM | PCA, same images | UvA (literature) | file |",
+             "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     verdicts = []
     for r in rows:
         arch = r["architecture"]
         u = uva.get(r["code_size"]) if r["dataset"] == "cifar10" else None
         lines.append(f"| `{r['name']}` | {r['code_size']} | {arch['bottleneck']}, {arch['widths'][0]} | "
-                     f"{r['parameters']:,} | {r['epochs']} | {wall_time(r)} | "
+                     f"{r['parameters']:,} | {r['recipe']['batch_size']} | {r['recipe'].get('augment') or '–'} | "
+                     f"{r['epochs']} | {wall_time(r)} | "
                      f"{r['images_per_second']:,.0f} | {r['test_mse']:.5f} | {r['test_psnr']:.2f} | {r['test_ssim']:.3f} | "
                      f"{r['pca_test_mse']:.5f} | {u if u else '–'} | {r['bytes'] / 1e6:.2f} MB |")
         ratio = r["test_mse"] / r["pca_test_mse"]
@@ -293,7 +321,7 @@ def report() -> str:
                             f"({100 * (1 - ratio):.0f}% lower MSE).")
         else:
             ok = r["test_mse"] < r["pca_test_mse"] and (u is None or r["test_mse"] < u)
-            versus_uva = f", {r['test_mse'] / u:.2f}x UvA's" if u else ""
+            versus_uva = f", {r['test_mse'] / u:.3f}x UvA's" if u else ""
             verdicts.append(f"`{r['name']}` beats PCA and UvA: **{'met' if ok else 'missed'}** "
                             f"({ratio:.2f}x PCA's MSE{versus_uva}).")
         if r.get("device") == "cuda":
@@ -307,12 +335,16 @@ def report() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=sorted(REFERENCES), help="train these (again)")
+    parser.add_argument("--only", nargs="+", choices=sorted(REFERENCES),
+                        help="train these (again); each replaces the shipped one only if not worse on validation")
+    parser.add_argument("--replace", action="store_true", help="with --only: replace the shipped ones whatever "
+                        "their validation MSE")
     parser.add_argument("--select", nargs="+", choices=sorted(REFERENCES), help="compare flat and spatial codes")
     parser.add_argument("--select-epochs", type=int, default=2)
     parser.add_argument("--candidates", nargs="+", choices=sorted(CANDIDATES),
                         default=["flat, width 32", "spatial, width 32", "spatial, width 64"])
-    parser.add_argument("--select-images", type=int, default=6000, help="train images for --select")
+    parser.add_argument("--select-images", type=int, default=6000, help="train images for --select (0: all)")
+    parser.add_argument("--select-batch", type=int, default=RECIPE["batch_size"], help="batch size for --select")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--work", type=Path, default=cu.data.user_cache_dir() / "references",
                         help="folder for resumable training checkpoints")
@@ -335,7 +367,8 @@ def main() -> int:
         print(report())
         return 0
     if args.select:
-        rows = [row for name in args.select for row in select(name, args.select_epochs, args.select_images, args.candidates)]
+        rows = [row for name in args.select
+                for row in select(name, args.select_epochs, args.select_images, args.candidates, args.select_batch)]
         with open(SELECTION, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         return 0
@@ -343,7 +376,9 @@ def main() -> int:
     command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/train_references.py", *sys.argv[1:]])
     for name in names:
         spec = dict(REFERENCES[name], **({"epochs": args.epochs} if args.epochs else {}))
-        row = train_reference(name, spec, args.work, command, args.train_images)
+        row = train_reference(name, spec, args.work, command, args.train_images, args.replace)
+        if row is None:
+            continue
         add_to_manifest(row)  # after each model: an interruption loses at most the one in progress
         print(json.dumps({k: row[k] for k in ("name", "epochs", "wall_seconds", "test_mse", "test_psnr")}))
     print(report())

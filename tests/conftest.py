@@ -125,7 +125,10 @@ def serve_folder():
 def load_script(relative_path: str):
     """Import a repository script (benchmarks/, tools/) as a module, by its path: scripts are not a package."""
     import importlib.util
+    import sys
     path = Path(__file__).resolve().parent.parent / relative_path
+    if str(path.parent) not in sys.path:  # a script imports its neighbours (e.g. benchmarks/_common.py)
+        sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

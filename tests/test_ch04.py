@@ -207,3 +207,18 @@ def test_stored_notebook_is_a_clean_laptop_run_of_the_required_sweep():
     assert "cu.pca_baseline" in sources and "cu.pca_curve" in sources
     checked = [c for c in code if "".join(c["source"]).startswith("# NBVAL_CHECK_OUTPUT")]
     assert len(checked) >= 3
+
+
+def test_reference_comparison_reads_the_manifest_and_divides_by_pca_and_uva():
+    from course_utils.chapters.ch04_bottleneck_size import UVA_TUTORIAL9_TEST_MSE, reference_comparison
+
+    table = reference_comparison([64, 128, 256, 384, 999], "cifar10")
+    assert table.loc[999, "reference"] == "not present" and np.isnan(table.loc[999, "reference MSE"])
+    for k in (64, 128, 256, 384):
+        info = cu.pretrained_info(f"cifar10-{k}")
+        row = table.loc[k]
+        assert row["reference MSE"] == info["test_mse"] and row["epochs"] == info["epochs"]
+        assert row["trained on"] == ("GPU" if info.get("device") == "cuda" else "CPU")
+        assert row["augmented"] == ("mirrored halves" if info["recipe"].get("augment") == "flip_half" else "no")
+        assert row["reference / PCA"] == pytest.approx(info["test_mse"] / info["pca_test_mse"])
+        assert row["reference / UvA"] == pytest.approx(info["test_mse"] / UVA_TUTORIAL9_TEST_MSE[k])

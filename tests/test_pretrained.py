@@ -54,6 +54,20 @@ def test_gpu_trained_references_say_where_and_how_they_were_chosen():
         assert row["bytes"] <= 5_000_000 and row["recipe"]["batch_size"] in (512, 1024)
 
 
+def test_cpu_trained_references_are_what_the_training_script_makes_within_15_minutes():
+    """A CPU-trained reference's recipe and epochs are REFERENCES' (so `--only NAME` rebuilds it), in <= 15 min."""
+    script = load_script("benchmarks/train_references.py")
+    cpu = [cu.pretrained_info(n) for n in pt.pretrained_names() if cu.pretrained_info(n).get("device") != "cuda"]
+    assert {r["name"] for r in cpu} >= {"fashion-mnist-196", "cifar10-64", "cifar10-128"}
+    for row in cpu:
+        spec = script.REFERENCES[row["name"]]
+        assert row["recipe"] == {**script.RECIPE, **spec.get("recipe", {})}, row["name"]
+        assert row["epochs"] == spec["epochs"] and row["wall_seconds"] <= 15 * 60, row["name"]
+        assert "2 cores" in row["machine"] and "train_references.py --only" in row["command"]
+        if row["recipe"].get("augment"):
+            assert row["recipe"]["augment"] in script.AUGMENTS
+
+
 @pytest.fixture
 def shelf(tmp_path, monkeypatch):
     """A temporary pretrained folder holding one small trained-looking model and its manifest row."""
@@ -126,6 +140,22 @@ def test_load_or_train_says_which_happened(shelf, capsys):
     trained = torch.nn.Linear(1, 1)
     model, what = cu.load_or_train("tiny", train=lambda: trained)
     assert model is trained and "not present" in what and "not present" in capsys.readouterr().out
+
+
+def test_retraining_keeps_the_shipped_reference_when_it_is_better_on_validation(shelf, tmp_path, monkeypatch):
+    """--only writes a new model only if its validation MSE is not higher than the shipped one's (or --replace)."""
+    data_policy.require_dataset("fashion-mnist")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    script = load_script("benchmarks/train_references.py")
+    monkeypatch.setattr(script, "CHECK_IMAGES", 100)
+    folder, _, tiny = shelf
+    shipped = dict(tiny, name="fashion-mnist-196", val_mse=1e-6)  # no model one epoch on 256 images can beat
+    (folder / "manifest.json").write_text(json.dumps({"models": [tiny, shipped]}))
+    spec = dict(script.REFERENCES["fashion-mnist-196"], epochs=1)
+    row = script.train_reference("fashion-mnist-196", spec, tmp_path / "work", "test", train_images=256)
+    assert row is None and not (folder / "fashion-mnist-196.pt").exists()
+    row = script.train_reference("fashion-mnist-196", spec, tmp_path / "work2", "test", train_images=256, replace=True)
+    assert row["val_mse"] > 1e-6 and (folder / "fashion-mnist-196.pt").is_file()
 
 
 def test_the_training_script_writes_a_loadable_reference(shelf, tmp_path, monkeypatch):

@@ -151,6 +151,9 @@ def plot_code_size_curve(curves: Mapping[str, Mapping[int, Mapping[str, float]]]
 UVA_TUTORIAL9_TEST_MSE = {64: 0.0071, 128: 0.0041, 256: 0.0021, 384: 0.0013}
 
 
+AUGMENTATIONS = {None: "no", "flip_half": "mirrored halves"}  # a reference recipe's "augment", in words
+
+
 def reference_comparison(sizes: Sequence[int] = (64, 128, 256, 384), dataset: str = "cifar10",
                          test: ImageData | None = None):
     """Return a DataFrame comparing the converged reference models with PCA and UvA tutorial 9, per code size.
@@ -173,6 +176,7 @@ def reference_comparison(sizes: Sequence[int] = (64, 128, 256, 384), dataset: st
             info = pretrained_info(name)
             row.update({"bottleneck": f"{info['architecture']['bottleneck']}, width {info['architecture']['widths'][0]}",
                         "epochs": info["epochs"], "batch": info["recipe"]["batch_size"],
+                        "augmented": AUGMENTATIONS.get(info["recipe"].get("augment"), info["recipe"].get("augment")),
                         "trained on": "GPU" if info.get("device") == "cuda" else "CPU",
                         "train seconds": info["wall_seconds"], "reference MSE": info["test_mse"],
                         "PCA MSE": info["pca_test_mse"]})
