@@ -303,9 +303,9 @@ def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: Image
         value_range: tuple[float, float] | None = None, device: torch.device | str | None = None,
         amp: bool | str = "auto", channels_last: bool | str = "auto", fused: bool | str = "auto",
         compile: bool = False, max_grad_norm: float | None = None, input_transform: Callable | None = None,
-        augment: Callable | None = None, checkpoint: str | Path | None = None, checkpoint_every: int | None = None, resume: bool = False,
-        seed: int = 0, progress: bool = True, check_every: int = 50, stop_after_steps: int | None = None,
-        desc: str | None = None, sync_batchnorm: bool = False) -> History:
+        augment: Callable | None = None, checkpoint: str | Path | None = None, checkpoint_every: int | None = None,
+        resume: bool = False, seed: int = 0, progress: bool = True, check_every: int = 50,
+        stop_after_steps: int | None = None, desc: str | None = None, sync_batchnorm: bool = False) -> History:
     """Train an autoencoder to reconstruct its input; return the per-epoch History.
 
     ``train`` is ImageData (fast path: uint8 on the device, shuffled there) or any iterable of
