@@ -83,16 +83,17 @@ def splits(dataset: str):
     return train, val, cu.load_dataset(dataset, "test")
 
 
-def stored_val_mse(model: torch.nn.Module, arch: dict, val: cu.ImageData) -> float:
-    """Return the validation MSE of ``model`` as a reference file would hold it (half-precision parameters)."""
-    stored = cu.ConvAutoencoder(**arch)
-    stored.load_state_dict(pt.half_precision_state(model))
-    return cu.evaluate(stored.float(), val, ssim=False)["mse"]
+def stored_model(arch: dict, state: dict) -> cu.ConvAutoencoder:
+    """Return the float32 model a reference's state dict (half-precision parameters) describes."""
+    model = cu.ConvAutoencoder(**arch)
+    model.load_state_dict(state)
+    return model.float().eval()
 
 
-def shipped_val_mse(name: str) -> float | None:
-    """Return the validation MSE of the shipped reference ``name`` (None if there is none yet)."""
-    return pt.pretrained_info(name)["val_mse"] if name in pt.pretrained_names() else None
+def may_replace(name: str, val_mse: float) -> bool:
+    """Return whether a model with this validation MSE may replace reference ``name``: not higher than the shipped one's."""
+    shipped = pt.pretrained_info(name)["val_mse"] if name in pt.pretrained_names() else None
+    return shipped is None or round(val_mse, 6) <= shipped
 
 
 def train_reference(name: str, spec: dict, work: Path, command: str, train_images: int | None = None,
@@ -112,10 +113,10 @@ def train_reference(name: str, spec: dict, work: Path, command: str, train_image
     history = cu.fit(model, train, val, epochs=spec["epochs"], checkpoint=checkpoint, resume=checkpoint.exists(),
                      desc=name, **fit_options(recipe))
     seconds = sum(r["seconds"] for r in history.records)
-    val_mse, shipped = stored_val_mse(model, arch, val), shipped_val_mse(name)
-    if not replace and shipped is not None and round(val_mse, 6) > shipped:
-        print(f"{name}: validation MSE {val_mse:.6f} is higher than the shipped reference's {shipped:.6f}; "
-              "kept the shipped one (--replace to overwrite it anyway)", flush=True)
+    val_mse = cu.evaluate(stored_model(arch, pt.half_precision_state(model)), val, ssim=False)["mse"]
+    if not (replace or may_replace(name, val_mse)):
+        print(f"{name}: validation MSE {val_mse:.6f} is higher than the shipped reference's "
+              f"{pt.pretrained_info(name)['val_mse']:.6f}; kept the shipped one (--replace to overwrite it)", flush=True)
         return None
     how = {"recipe": recipe, "epochs": len(history), "wall_seconds": round(seconds, 1), "device": "cpu",
            "images_per_second": round(len(train) * len(history) / seconds, 1), "machine": _common.machine_line(),
@@ -229,7 +230,7 @@ def import_gpu(bundle_path: Path, suite_path: Path, command: str) -> list[dict]:
 
     The bundle (``gpu_references.pt``, written by gpu_suite.py) holds each code size's candidate that scored
     best on the validation split there; here it is re-scored on this machine, on the same validation split,
-    against the reference in the manifest, and replaces it only if its validation MSE is lower. Returns one
+    against the reference in the manifest, and replaces it only if its validation MSE is not higher. Returns one
     comparison row per model (what was adopted and why); the test split is scored only for the adopted ones.
     """
     bundle = torch.load(bundle_path, map_location="cpu", weights_only=True)
@@ -242,12 +243,10 @@ def import_gpu(bundle_path: Path, suite_path: Path, command: str) -> list[dict]:
     for name, entry in sorted(bundle["models"].items()):
         spec = REFERENCES[name]
         data = splits(spec["dataset"])
-        model = cu.ConvAutoencoder(**entry["architecture"])
-        model.load_state_dict(entry["state_dict"])
-        model = model.float().eval()
+        model = stored_model(entry["architecture"], entry["state_dict"])
         val_mse = cu.evaluate(model, data[1], ssim=False)["mse"]
         shipped = pt.pretrained_info(name) if name in pt.pretrained_names() else None
-        adopt = shipped is None or val_mse < shipped["val_mse"]
+        adopt = may_replace(name, val_mse)
         row = {"name": name, "candidate": entry["row"]["candidate"], "gpu_val_mse": round(val_mse, 6),
                "shipped_val_mse": shipped and shipped["val_mse"], "adopted": adopt}
         if adopt:
@@ -281,10 +280,9 @@ def select(name: str, epochs: int, train_images: int | None, candidates=tuple(CA
         recipe = candidate_recipe(label, {**RECIPE, "batch_size": batch_size})
         history = cu.fit(model, train, val, epochs=epochs, desc=f"{name} {label}", **fit_options(recipe))
         seconds = time.perf_counter() - t0
-        scores = cu.evaluate(model, val, ssim=False)
         rows.append({"name": name, "candidate": label, "bottleneck": bottleneck, "base_width": base_width,
                      "code_size": spec["code_size"], "epochs": epochs, "train_images": len(train),
-                     "recipe": recipe, "split": "validation", "val_mse": round(scores["mse"], 6),
+                     "recipe": recipe, "split": "validation", "val_mse": round(history.last["val_mse"], 6),
                      "val_mse_by_epoch": [round(r["val_mse"], 6) for r in history.records],
                      "parameters": cu.count_parameters(model), "seconds": round(seconds, 1),
                      "torch_threads": torch.get_num_threads(), "machine": _common.machine_line(stamp=True)})

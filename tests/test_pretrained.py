@@ -158,6 +158,17 @@ def test_retraining_keeps_the_shipped_reference_when_it_is_better_on_validation(
     assert row["val_mse"] > 1e-6 and (folder / "fashion-mnist-196.pt").is_file()
 
 
+def test_select_scores_candidates_on_the_validation_split_with_their_recipe(monkeypatch):
+    data_policy.require_dataset("fashion-mnist")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    script = load_script("benchmarks/train_references.py")
+    rows = script.select("fashion-mnist-196", 2, 256, ("spatial, width 32",), batch_size=64)
+    (row,) = rows
+    assert row["split"] == "validation" and row["train_images"] == 256 and row["recipe"]["batch_size"] == 64
+    assert len(row["val_mse_by_epoch"]) == 2 and row["val_mse"] == row["val_mse_by_epoch"][-1] > 0
+    assert "augment" not in row["recipe"]
+
+
 def test_the_training_script_writes_a_loadable_reference(shelf, tmp_path, monkeypatch):
     """benchmarks/train_references.py end to end on 256 images for one epoch: weights, manifest row, loading."""
     data_policy.require_dataset("fashion-mnist")
