@@ -2,7 +2,7 @@
 
 Core modules, by role (each imports only the ones above it):
 
-- ``errors``: `CourseError` and its kinds, for mistakes a learner can fix.
+- ``errors``: `CourseError` and its kinds, for mistakes a learner can fix (and `LearnedNothingWarning`).
 - ``environment``: device, seeding, the hardware profile that sizes every experiment, the setup line.
 - ``files``: atomic writes, so no reader ever sees half a file.
 - ``data``: datasets as uint8 tensors (packs, system copies, downloads), your own pictures, batches.
@@ -34,7 +34,8 @@ Everything in ``__all__`` is reachable as ``cu.<name>``; the rest by module path
 __version__ = "0.1.0"
 
 # --------------------------------------------------------------------------- core
-from .errors import CheckpointError, CorruptPackError, CourseError, DataNotFoundError, TrainingDivergedError
+from .errors import (CheckpointError, CorruptPackError, CourseError, DataNotFoundError, LearnedNothingWarning,
+                     TrainingDivergedError)
 from .environment import (PROFILES, Profile, cpu_name, describe_setup, get_device, get_profile, seed_everything,
                           start_chapter)
 from .data import (DeviceBatches, ImageData, ImageDataset, flip_half, inspect_image_folder, load_dataset,
@@ -45,7 +46,7 @@ from .models import (RECOMMENDED_TRAINING, ConvAutoencoder, ConvClassifier, Conv
                      transposed_padding)
 from .replicas import (AnothertechsAutoencoder, GeeksforGeeksAutoencoder, KapilshAutoencoder,
                        PaperspaceAutoencoder, UvATutorial9Autoencoder)
-from .engine import TrainStep, cpu_has_native_bf16, eval_mode, join_data_parallel, resolve_amp
+from .engine import TrainStep, cpu_has_native_bf16, eval_mode, finish_data_parallel, join_data_parallel, resolve_amp
 from .metrics import (accuracy, embed_images, evaluate, pca_baseline, pca_parameters, per_image_errors,
                       psnr_from_mse, reconstruct)
 from .training import History, fit, fit_classifier, fit_with_batch_fallback, load_checkpoint, save_checkpoint
@@ -82,7 +83,8 @@ from .chapters.ch10_distributed import (UInt8Images, all_reduce_demo, run_torchr
 
 __all__ = [
     # errors
-    "CheckpointError", "CorruptPackError", "CourseError", "DataNotFoundError", "TrainingDivergedError",
+    "CheckpointError", "CorruptPackError", "CourseError", "DataNotFoundError", "LearnedNothingWarning",
+    "TrainingDivergedError",
     # environment
     "PROFILES", "Profile", "cpu_name", "describe_setup", "get_device", "get_profile", "seed_everything",
     "start_chapter",
@@ -97,7 +99,7 @@ __all__ = [
     "AnothertechsAutoencoder", "GeeksforGeeksAutoencoder", "KapilshAutoencoder", "PaperspaceAutoencoder",
     "UvATutorial9Autoencoder",
     # engine
-    "TrainStep", "cpu_has_native_bf16", "eval_mode", "join_data_parallel", "resolve_amp",
+    "TrainStep", "cpu_has_native_bf16", "eval_mode", "finish_data_parallel", "join_data_parallel", "resolve_amp",
     # metrics
     "accuracy", "embed_images", "evaluate", "pca_baseline", "pca_parameters", "per_image_errors", "psnr_from_mse",
     "reconstruct",

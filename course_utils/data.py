@@ -551,24 +551,69 @@ def _as_channels(array: np.ndarray, channels: int) -> np.ndarray:
     return np.repeat(array, 3, axis=-1) if channels == 3 else _grey_of(array)
 
 
-def _walk_pictures(folder: Path, recursive: bool) -> list[tuple[str, int, int]]:
-    """Return (path, size, modification time in ns) of the picture files in ``folder``, sorted by path."""
-    found, todo = [], [str(folder)]
-    while todo:
-        with os.scandir(todo.pop()) as entries:
-            for e in entries:
-                if e.name.startswith("."):
-                    continue
+class _Listing:
+    """One listing of an image folder that reads every real folder once, so a link that loops is entered at most once.
+
+    Links to folders are followed, because a class folder may well be a link to pictures kept elsewhere (a
+    dataset assembled without copying); a link back to a folder that holds the root, a second way into a folder
+    already listed, and a link that cannot be followed at all (one pointing at itself) are passed over and
+    noted in ``skipped`` as (path relative to the root, why) for the loaders to report.
+    """
+
+    def __init__(self, root: Path):
+        self.root, self.real_root = str(root), os.path.realpath(root)
+        self.seen, self.skipped = {self.real_root}, []
+
+    def _note(self, path: str, why: str) -> None:
+        self.skipped.append((os.path.relpath(path, self.root), why))
+
+    def enter(self, path: str) -> bool:
+        """Return whether to read the folder at ``path``: not if that would read a real folder twice."""
+        real = os.path.realpath(path)
+        if self.real_root == real or self.real_root.startswith(real.rstrip(os.sep) + os.sep):
+            self._note(path, f"a link back to {real}, which holds the folder")
+        elif real in self.seen:
+            self._note(path, f"leads to {real}, listed already")
+        else:
+            self.seen.add(real)
+            return True
+        return False
+
+    def entries(self, folder: str) -> Iterator[tuple[os.DirEntry, str]]:
+        """Yield (entry, "picture" or "folder") for ``folder``'s visible pictures and sub-folders, by name."""
+        with os.scandir(folder) as found:
+            listed = sorted(found, key=lambda e: e.name)  # a fixed order: which of two links to one folder wins
+        for e in listed:
+            if e.name.startswith("."):
+                continue
+            try:
                 if e.name.lower().endswith(IMAGE_SUFFIXES) and e.is_file():
-                    st = e.stat()
-                    found.append((e.path, st.st_size, st.st_mtime_ns))
-                elif recursive and e.is_dir():
+                    yield e, "picture"
+                elif e.is_dir():
+                    yield e, "folder"
+            except OSError as err:  # a link to itself: [Errno 40] Too many levels of symbolic links
+                self._note(e.path, f"cannot be followed: {err.strerror}")
+
+    @staticmethod
+    def row(e: os.DirEntry) -> tuple[str, int, int]:
+        """Return a picture's (path, size, modification time in ns), those of the file a link leads to."""
+        st = e.stat()
+        return e.path, st.st_size, st.st_mtime_ns
+
+    def pictures(self, folder: str) -> list[tuple[str, int, int]]:
+        """Return the rows of the picture files in ``folder`` and its sub-folders, sorted by path."""
+        found, todo = [], [folder]
+        while todo:
+            for e, kind in self.entries(todo.pop()):
+                if kind == "picture":
+                    found.append(self.row(e))
+                elif self.enter(e.path):
                     todo.append(e.path)
-    return sorted(found)
+        return sorted(found)
 
 
-def _find_pictures(root: Path) -> tuple[list[str], list]:
-    """Return (class names, signature) of a folder: one sub-folder per class, or flat (one class).
+def _find_pictures(root: Path) -> tuple[list[str], list, list[tuple[str, str]]]:
+    """Return (class names, signature, skipped links) of a folder: one sub-folder per class, or flat (one class).
 
     The signature lists every picture's relative path, label, size and modification time: it
     changes whenever a picture is added, removed, renamed, moved to another class or edited.
@@ -577,10 +622,13 @@ def _find_pictures(root: Path) -> tuple[list[str], list]:
     if not root.is_dir():
         raise DataNotFoundError(f"Image folder {root} does not exist. Give the folder that holds your pictures, "
                                 "either directly (one class) or in one sub-folder per class (root/cat/001.jpg, ...).")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    listing = _Listing(root)
+    top = list(listing.entries(str(root)))
+    # every class folder is claimed before any is read, so a link from one class into another is not followed
+    classes = [e.name for e, kind in top if kind == "folder" and listing.enter(e.path)]
     found = [(path, label, size, mtime) for label, c in enumerate(classes)
-             for path, size, mtime in _walk_pictures(root / c, recursive=True)]
-    loose = _walk_pictures(root, recursive=False)
+             for path, size, mtime in listing.pictures(str(root / c))]
+    loose = sorted(listing.row(e) for e, kind in top if kind == "picture")
     if loose and not found:  # a flat folder of pictures, as most people keep them: one class
         classes, found = [root.name], [(path, 0, size, mtime) for path, size, mtime in loose]
     elif loose:
@@ -597,7 +645,7 @@ def _find_pictures(root: Path) -> tuple[list[str], list]:
         raise DataNotFoundError(f"No images found in {root}. Expected pictures (files ending in "
                                 f"{', '.join(IMAGE_SUFFIXES)}) in it or in one sub-folder per class.{hint}")
     prefix = len(str(root)) + 1
-    return classes, [(path[prefix:], label, size, mtime) for path, label, size, mtime in found]
+    return classes, [(path[prefix:], label, size, mtime) for path, label, size, mtime in found], sorted(listing.skipped)
 
 
 def _files(root: Path, signature: list) -> list[tuple[Path, int]]:
@@ -609,7 +657,7 @@ def folder_cache_path(path: str | Path, image_size: int = 64, channels: int | st
                       small: str = "error", on_error: str = "skip") -> Path:
     """Return where ``load_image_folder`` caches this folder as a pack (it changes when any picture does)."""
     root = Path(path).expanduser()
-    _, signature = _find_pictures(root)
+    _, signature, _ = _find_pictures(root)
     return _cache_file(root, signature, {"image_size": image_size, "channels": channels, "small": small,
                                          "on_error": on_error})
 
@@ -648,13 +696,13 @@ def load_image_folder(path: str | Path, image_size: int = 64, on_error: str = "s
         raise CourseError(f"small must be 'error', 'skip' or 'upscale', got {small!r}.")
     if on_error not in ("skip", "raise"):
         raise CourseError(f"on_error must be 'skip' or 'raise', got {on_error!r}.")
-    classes, signature = _find_pictures(root)
+    classes, signature, links = _find_pictures(root)
     settings = {"image_size": image_size, "channels": channels, "small": small, "on_error": on_error}
     target = _cache_file(root, signature, settings) if cache else None
     if target is not None and target.is_file():
         try:
             data, info = read_pack(target), _pack_info(target)
-            _warn_dropped(root, info, stacklevel=3)
+            _warn_dropped(root, info, links, stacklevel=3)
             return dataclasses.replace(data, name=root.name, split="all")
         except CorruptPackError:
             target.unlink(missing_ok=True)  # a damaged cache is rebuilt, not reported
@@ -699,7 +747,7 @@ def load_image_folder(path: str | Path, image_size: int = 64, on_error: str = "s
     info = {"unreadable": [str(f) for f, _ in bad], "too_small": len(tiny) if small == "skip" else 0,
             "upscaled": len(tiny) if small == "upscale" else 0, "grey": len(greys), "colour": len(colours),
             "transparent": sum(p.alpha for _, _, p in good)}
-    _warn_dropped(root, info, stacklevel=3)
+    _warn_dropped(root, info, links, stacklevel=3)
     if target is not None:
         for old in target.parent.glob(target.name.rsplit("-", 1)[0] + "-*.npz"):
             old.unlink(missing_ok=True)  # the same folder's pack from before a change
@@ -712,10 +760,15 @@ def load_image_folder(path: str | Path, image_size: int = 64, on_error: str = "s
     return ImageData(tensor, torch.from_numpy(labels), classes, root.name, "all")
 
 
-def _warn_dropped(root: Path, info: dict, stacklevel: int) -> None:
+def _warn_dropped(root: Path, info: dict, links: list[tuple[str, str]], stacklevel: int) -> None:
+    """Warn about what a load left out: unreadable files, pictures too small, links not followed (``links``)."""
     bad = info.get("unreadable", [])
     if bad:
         warnings.warn(f"Skipped {len(bad)} unreadable file(s) in {root}, e.g. {bad[0]}.", stacklevel=stacklevel)
+    if links:  # from this load's listing, not the cache's info: a link removed since is not reported
+        warnings.warn(f"Skipped {len(links)} symbolic link(s) in {root} that loop or lead to a folder listed "
+                      f"already, e.g. {links[0][0]} ({links[0][1]}); every picture was read once, through one path.",
+                      stacklevel=stacklevel)
     if info.get("too_small"):
         warnings.warn(f"Skipped {info['too_small']} picture(s) in {root} smaller than image_size (small='skip').",
                       stacklevel=stacklevel)
@@ -725,12 +778,13 @@ def inspect_image_folder(path: str | Path, image_size: int | None = None):
     """Return a table of a folder's pictures before loading it: class, format, mode, size, grey or colour, problems.
 
     One row per picture file; ``problem`` names what ``load_image_folder`` would object to
-    (an unreadable file, or, with ``image_size``, a picture smaller than that).
+    (an unreadable file, or, with ``image_size``, a picture smaller than that). A symbolic link
+    it does not follow (one that loops) gets a row too, with the reason.
     """
     import pandas as pd
 
     root = Path(path).expanduser()
-    classes, signature = _find_pictures(root)
+    classes, signature, links = _find_pictures(root)
     files = _files(root, signature)
     pictures = _read_pictures([f for f, _ in files], 8, desc=f"inspecting {root.name}")
     rows = []
@@ -742,6 +796,9 @@ def inspect_image_folder(path: str | Path, image_size: int | None = None):
                      "mode": p.mode, "width": p.width, "height": p.height,
                      "kind": "" if p.array is None else "grey" if p.grey else "colour",
                      "transparent": p.alpha, "problem": problem})
+    for file, why in links:
+        rows.append({"file": file, "class": "", "format": "", "mode": "", "width": 0, "height": 0, "kind": "",
+                     "transparent": False, "problem": f"skipped link ({why})"})
     return pd.DataFrame(rows)
 
 
@@ -756,7 +813,8 @@ def read_photos(path: str | Path, max_side: int | None = None, channels: int = 3
     if max_side is not None and max_side <= 0:
         raise CourseError(f"max_side must be positive, got {max_side}.")
     root = Path(path).expanduser()
-    files = _files(root, _find_pictures(root)[1])
+    _, signature, links = _find_pictures(root)
+    files = _files(root, signature)
     photos, bad = {}, []
     for (f, _), p in zip(files, _read_pictures([f for f, _ in files], None, desc=f"reading {root.name}")):
         if p.array is None:
@@ -770,8 +828,7 @@ def read_photos(path: str | Path, max_side: int | None = None, channels: int = 3
             array = np.asarray(im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
             array = array[..., None] if array.ndim == 2 else array
         photos[str(f.relative_to(root))] = torch.from_numpy(np.array(array)).permute(2, 0, 1).contiguous()
-    if bad:
-        warnings.warn(f"Skipped {len(bad)} unreadable file(s) in {root}, e.g. {bad[0]}.", stacklevel=2)
+    _warn_dropped(root, {"unreadable": [str(f) for f in bad]}, links, stacklevel=3)
     if not photos:
         raise CourseError(f"None of the {len(files)} image files in {root} could be read.")
     return photos

@@ -236,6 +236,39 @@ def join_data_parallel(device: torch.device | str | None = None) -> DataParallel
     return DataParallel(rank, world, local_rank, device, dist.get_backend())
 
 
+def finish_data_parallel(exit_code: int | None = 0) -> None:
+    """End this process's part in a data-parallel run: wait for every rank, close the group, then exit at once.
+
+    Why not simply return and let Python exit: gloo runs each collective on worker threads of
+    its own, and the last one's buffers (tensors, which need the interpreter's lock to be freed)
+    can still be released by such a thread while the main thread is already tearing the
+    interpreter down. That thread then cannot take the lock, and the process aborts
+    ("terminate called without an active exception", SIGABRT) after its work was done, about
+    one launch in ten on a busy 2-core machine. So: every rank first waits for the others
+    (a rank leaving early is exactly when that race opens), the group is destroyed while the
+    interpreter is whole (`gc.collect` first drops what still references it, such as a
+    DistributedDataParallel wrapper in a reference cycle, so destroying it joins gloo's
+    threads), and with ``exit_code`` (the default) the process ends with ``os._exit`` once its
+    output is flushed, skipping interpreter finalisation altogether. ``exit_code=None`` returns
+    instead (for a process that goes on alone). Alone (no process group) it does nothing.
+    """
+    import gc
+    import sys
+
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
+    if exit_code is None:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(exit_code)
+
+
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     """Return the mean of ``values`` over all processes of the run (``values`` itself when alone)."""
     world = _process_group_size()

@@ -1,4 +1,4 @@
-"""The exceptions the course raises for mistakes a learner can fix: `CourseError` and four kinds of it."""
+"""The exceptions the course raises for mistakes a learner can fix: `CourseError` and four kinds of it; one warning."""
 
 
 class CourseError(Exception):
@@ -19,3 +19,7 @@ class CheckpointError(CourseError):
 
 class TrainingDivergedError(CourseError, FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class LearnedNothingWarning(UserWarning):
+    """A run ended with a training loss no better than always predicting the mean training image."""

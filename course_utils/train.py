@@ -21,7 +21,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from .chapters.ch10_distributed import sharded_loader
 from .data import ImageData, load_dataset, read_pack
-from .engine import join_data_parallel
+from .engine import finish_data_parallel, join_data_parallel
 from .environment import get_profile, seed_everything
 from .errors import CourseError
 from .files import atomic_write
@@ -134,11 +134,9 @@ def main(argv: list[str] | None = None) -> dict:
     if dp.is_main and args.report:
         with atomic_write(Path(args.report)) as f:
             f.write(json.dumps(report, indent=1).encode())
-    if dp.active:
-        import torch.distributed as dist
-        dist.destroy_process_group()
     return report
 
 
 if __name__ == "__main__":
     main()
+    finish_data_parallel()  # under torchrun: every rank leaves together, and without a crash at exit (see there)

@@ -16,6 +16,7 @@ import random
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -27,9 +28,10 @@ from .data import DeviceBatches, ImageData, to_float
 from .engine import (DataParallel, TrainStep, all_reduce_mean, check_model_fits, join_data_parallel,
                      resolve_channels_last)
 from .environment import get_device
-from .errors import CheckpointError, CourseError, TrainingDivergedError
+from .errors import CheckpointError, CourseError, LearnedNothingWarning, TrainingDivergedError
 from .files import atomic_write
 from .metrics import evaluate, model_value_range
+from .models import RECOMMENDED_TRAINING
 
 CHECKPOINT_FORMAT = 1
 
@@ -158,18 +160,20 @@ def check_checkpoint_path(path: str | Path) -> Path:
     return path
 
 
-def _describe_mismatch(model: nn.Module, state: dict) -> str:
+def _describe_mismatch(model: nn.Module, state: dict, shown: int = 3) -> str:
+    """Return how ``state`` (a saved state dict) differs from ``model``'s, at most ``shown`` differences; "" if none."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    parts = []
-    for label, items in (("missing from the checkpoint", missing), ("not in this model", unexpected),
-                         ("shapes differ", shapes)):
-        if items:
-            parts.append(f"{label}: {', '.join(items[:5])}" + (f" (+{len(items) - 5} more)" if len(items) > 5 else ""))
-    return "; ".join(parts)
+    # shapes first: a model of the same class built with other sizes differs only there, and they say which sizes
+    found = [(k, f"{k}: saved {tuple(state[k].shape)}, this model {tuple(own[k].shape)}")
+             for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    found += [(k, f"{k}: only in this model") for k in own if k not in state]
+    found += [(k, f"{k}: only in the checkpoint") for k in state if k not in own]
+    layers = {}  # one difference per layer: its bias differs whenever its weight does
+    for k, text in found:
+        layers.setdefault(k.rsplit(".", 1)[0], text)
+    shown_texts = list(layers.values())[:shown]
+    more = f" (and {len(found) - len(shown_texts)} more)" if len(found) > len(shown_texts) else ""
+    return "; ".join(shown_texts) + more
 
 
 def load_checkpoint(path: str | Path, model: nn.Module | None = None, optimizer=None, scheduler=None,
@@ -201,11 +205,13 @@ def _apply_checkpoint(payload: dict, path: Path, model=None, optimizer=None, sch
     if model is not None:
         problems = _describe_mismatch(model, payload["model"])
         if problems:
-            saved = payload.get("model_class", "an unknown model")
+            saved, this = payload.get("model_class", "unknown"), type(model).__name__
+            what = f"both {this}, of other sizes" if saved == this else f"saved: {saved}, this model: {this}"
             raise CheckpointError(
-                f"Checkpoint {path} was saved from a different architecture ({saved}) than "
-                f"{type(model).__name__}: {problems}. Build the same model (same widths, latent and "
-                "image size) before loading, or train this one from scratch.")
+                f"Checkpoint {path} was saved from a different architecture ({what}): {problems}. Build the "
+                f"model with the same settings as the saved run ({saved} with the same code size, widths, channels "
+                "and image size) before loading it, or, to train this model from scratch, give fit a new "
+                "checkpoint path.")
         model.load_state_dict(payload["model"])
     for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
         if obj is not None and payload.get(key) is not None:
@@ -249,8 +255,24 @@ class _Batches:
                     "course_utils.chapters.ch10_distributed.sharded_loader), or pass ImageData to fit.")
             self.source = train
             first = next(iter(train))
-            self.image_shape = tuple((first[0] if isinstance(first, (list, tuple)) else first).shape[1:])
+            self.sample = first[0] if isinstance(first, (list, tuple)) else first  # for mean_image_loss
+            self.image_shape = tuple(self.sample.shape[1:])
         self.count = len(self.source)
+
+    @torch.no_grad()
+    def mean_image_loss(self, limit: int = 2048, chunk: int = 256) -> float:
+        """Return the MSE of always predicting the per-pixel mean image, over at most ``limit`` training images.
+
+        ImageData: ``limit`` images spread evenly over the set; a DataLoader: its first batch. In the
+        model's value range, as the training batches are.
+        """
+        images = self.source.images if self.replayable else self.sample
+        if len(images) > limit:  # evenly spread, drawing no random numbers: a resumed run replays the same ones
+            images = images[torch.linspace(0, len(images) - 1, limit, device=images.device).long()]
+        parts = range(0, len(images), chunk)  # in chunks: 2,048 large colour images as floats would not be cheap
+        mean = sum(to_float(images[i:i + chunk], self.value_range).sum(0) for i in parts) / len(images)
+        squares = sum(float((to_float(images[i:i + chunk], self.value_range) - mean).square().sum()) for i in parts)
+        return squares / images.numel()
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
         """Yield the float batches of ``epoch`` on the device, from batch ``start`` on (this process's slices)."""
@@ -375,6 +397,7 @@ def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: Image
                 if save_now and not last:
                     save(epoch, b + 1, n_steps, history)
                 if stop_now and not last:
+                    _warn_if_nothing_learned(history, batches, loss, lr, n_steps, dp)
                     return history  # mid-epoch: no epoch record (at an epoch's end, record and save first)
             seconds = time.perf_counter() - t0
             record = {"epoch": epoch + 1, "train_loss": float(np.mean(history.step_losses[n_steps - batches.count:])),
@@ -387,7 +410,34 @@ def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: Image
                 save(epoch + 1, 0, n_steps, history)
             if stop_after_steps is not None and n_steps >= stop_after_steps:
                 break
+    _warn_if_nothing_learned(history, batches, loss, lr, n_steps, dp)
     return history
+
+
+def _warn_if_nothing_learned(history: History, batches: _Batches, loss, lr: float, n_steps: int,
+                             dp: DataParallel) -> None:
+    """Warn (LearnedNothingWarning) when the run ends no better than always predicting the mean training image.
+
+    A learning rate off by a typo (5e3 for 5e-3) saturates a sigmoid output: the loss stays flat and
+    nothing diverges, so nothing else would say so. Judged only after a full epoch and for the MSE loss
+    (the mean image's loss is an MSE), on the last quarter of an epoch's steps: the epoch's mean still
+    holds the first steps' losses, which a short run that did learn has not left behind.
+    """
+    mse = loss in ("mse", nn.functional.mse_loss) or (isinstance(loss, nn.MSELoss) and loss.reduction == "mean")
+    if not dp.is_main or not history.records or not mse:
+        return
+    recent = history.step_losses[-max(1, batches.count // 4):]
+    final, baseline = float(np.mean(recent)), batches.mean_image_loss()
+    if final < baseline:
+        return
+    warnings.warn(LearnedNothingWarning(
+        f"The model learned nothing: its training loss at the end ({final:.4g}, the mean of the last {len(recent)} "
+        f"step(s)) is no better than {baseline:.4g}, the loss of always predicting the mean training image. "
+        f"Likely causes: a learning rate far too high or too low (this run used lr={lr:g}; the recommended "
+        f"model trains with lr={RECOMMENDED_TRAINING['lr']:g}, and a typo such as 5e3 for 5e-3 saturates the "
+        f"output), too few steps ({n_steps} in all: train on more images or for more epochs), or an output "
+        f"stuck at its limits (a saturated sigmoid; the images here are scaled to {list(batches.value_range)})."),
+        stacklevel=3)
 
 
 class _Checkpointer:

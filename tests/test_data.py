@@ -471,6 +471,36 @@ def test_inspect_image_folder_lists_every_file_and_its_problem(tmp_path):
     assert rows.loc["flowers/broken.jpg", "problem"].startswith("unreadable")
 
 
+def test_a_link_that_loops_is_skipped_and_reported_and_a_linked_picture_loads(tmp_path, isolated_root):
+    import os
+    import warnings
+    china, flower = _photos()
+    root = tmp_path / "pictures"
+    _save(china.crop((0, 0, 64, 64)), root / "cat" / "a.png")
+    _save(flower.crop((0, 0, 64, 64)), root / "cat" / "b.png")
+    os.symlink(root, root / "loop")  # followed blindly: pictures/loop/loop/... until [Errno 40]
+    os.symlink(root / "cat", root / "cat" / "again")
+    for attempt in ("first load", "from the cache"):
+        with pytest.warns(UserWarning, match=r"Skipped 2 symbolic link\(s\) in .*pictures that loop .*e\.g\. "
+                                             r"cat/again \(leads to .*cat, listed already\)") as caught:
+            data = cu.load_image_folder(root, image_size=64)
+        assert data.classes == ["cat"] and data.images.shape == (2, 3, 64, 64), attempt
+        assert len([w for w in caught if "symbolic link" in str(w.message)]) == 1, attempt
+    assert torch.equal(data.images[0], torch.from_numpy(np.array(china.crop((0, 0, 64, 64)))).permute(2, 0, 1))
+    problems = cu.inspect_image_folder(root).set_index("file")["problem"]
+    assert problems["loop"].startswith("skipped link (a link back to") and problems["cat/a.png"] == ""
+    # a link to a picture is read like the picture; a folder linked in as a class is followed once
+    elsewhere = tmp_path / "elsewhere"
+    _save(china.crop((64, 0, 128, 64)), elsewhere / "dog.png")
+    os.symlink(elsewhere / "dog.png", root / "cat" / "linked.png")
+    os.symlink(elsewhere, root / "dogs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the two loops, reported as above
+        both = cu.load_image_folder(root, image_size=64, cache=False)
+    assert both.classes == ["cat", "dogs"] and both.labels.tolist() == [0, 0, 0, 1]
+    assert torch.equal(both.images[2], both.images[3])  # cat/linked.png and dogs/dog.png: one picture
+
+
 def test_random_patches_are_crops_of_their_photo_and_repeat_with_the_seed(tmp_path):
     china, flower = _photos()
     _save(china.resize((90, 60)), tmp_path / "a.png")

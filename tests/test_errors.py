@@ -127,12 +127,42 @@ def test_nan_loss_stops_with_the_step_and_a_fix(fashion_test):
                schedule=None, progress=False)
 
 
+def test_a_learning_rate_off_by_a_typo_warns_that_the_model_learned_nothing(fashion_test):
+    import re
+    import warnings
+    train = fashion_test.subset(1024)
+    pixels = cu.to_float(train.images)
+    mean_image_mse = float(((pixels - pixels.mean(0)) ** 2).mean())
+    torch.manual_seed(0)
+    with pytest.warns(cu.LearnedNothingWarning, match=r"learned nothing.*lr=5000\b.*too few steps") as caught:
+        history = cu.fit(cu.recommended_autoencoder((1, 28, 28)), train, epochs=1, batch_size=128, lr=5e3,
+                         progress=False)  # 5e3 for 5e-3: the sigmoid saturates, the loss stays flat, nothing diverges
+    final, baseline = (float(v) for v in re.search(r"at the end \(([\d.]+), .* no better than ([\d.]+), the loss of "
+                                                   r"always predicting the mean", str(caught[0].message)).groups())
+    assert final == pytest.approx(sum(history.step_losses[-2:]) / 2, rel=1e-3)  # the last quarter of 8 steps
+    assert baseline == pytest.approx(mean_image_mse, rel=1e-3) and final > baseline
+    for kwargs in ({"lr": 5e-3}, {"lr": 5e3, "stop_after_steps": 4}):  # learned; stopped before a full epoch
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", cu.LearnedNothingWarning)
+            cu.fit(cu.recommended_autoencoder((1, 28, 28)), train, epochs=1, batch_size=128, progress=False, **kwargs)
+
+
 def test_checkpoint_from_a_different_architecture(tmp_path):
     cu.save_checkpoint(tmp_path / "wide.pt", cu.ConvAutoencoder(32, 3, (16, 32), 64))
-    with pytest.raises(cu.CheckpointError, match=r"different architecture \(ConvAutoencoder\).*shapes differ: "
-                       r"encoder\.0\.weight: checkpoint \(16, 3, 3, 3\) vs model \(8, 3, 3, 3\)"):
+    with pytest.raises(cu.CheckpointError) as narrow:
         cu.load_checkpoint(tmp_path / "wide.pt", cu.ConvAutoencoder(32, 3, (8, 32), 64))
-    with pytest.raises(cu.CheckpointError, match="not in this model: bottleneck.encode.1.weight"):
+    message = str(narrow.value)
+    assert "(ConvAutoencoder) than ConvAutoencoder" not in message  # the class alone does not say what differs
+    assert "different architecture (both ConvAutoencoder, of other sizes): encoder.0.weight: saved (16, 3, 3, 3), " \
+           "this model (8, 3, 3, 3); encoder.2.weight: saved (32, 16, 3, 3), this model (32, 8, 3, 3)" in message
+    assert "encoder.0.bias" not in message and message.count("saved (") == 3  # a few differences, one per layer
+    assert "same code size, widths" in message and "new checkpoint path" in message
+    with pytest.raises(cu.CheckpointError, match=r"different architecture \(both ConvAutoencoder, of other sizes\): "
+                       r"bottleneck\.encode\.1\.weight: saved \(64, 2048\), this model \(16, 2048\)"):
+        cu.load_checkpoint(tmp_path / "wide.pt", cu.ConvAutoencoder(32, 3, (16, 32), 16))  # another code size
+    with pytest.raises(cu.CheckpointError, match=r"\(saved: ConvAutoencoder, this model: KapilshAutoencoder\): "
+                       r"encoder\.0\.weight: saved \(16, 3, 3, 3\), this model \(16, 1, 3, 3\).*\(and \d+ more\)"):
         cu.load_checkpoint(tmp_path / "wide.pt", cu.KapilshAutoencoder())
 
 

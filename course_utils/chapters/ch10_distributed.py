@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from ..data import ImageData
-from ..engine import join_data_parallel
+from ..engine import finish_data_parallel, join_data_parallel
 from ..errors import CourseError
 
 
@@ -122,11 +122,12 @@ def _exception_line(lines: list[str]) -> str | None:
 
 
 def _failure(output: str, returncode: int, processes: int, with_traceback: bool = False) -> str:
-    """Return one line naming the rank that failed first and its error, read from torchrun's output.
+    """Return a message naming the rank that failed first and what happened to it, read from torchrun's output.
 
     torchrun ends a failed run with a report whose "Root Cause" names the first rank to fail; that
     rank's own traceback is in the output, each line prefixed with ``[rankN]:`` (or, for a script
-    decorated with ``@record``, inside the report itself).
+    decorated with ``@record``, inside the report itself). A rank killed by a signal left no
+    traceback: the message says the process crashed and shows the last lines the run printed.
     """
     root = output.split("Root Cause", 1)[1] if "Root Cause" in output else ""
     rank = re.search(r"rank\s*:\s*(\d+)", root)
@@ -136,8 +137,17 @@ def _failure(output: str, returncode: int, processes: int, with_traceback: bool 
         error = _exception_line(re.findall(rf"^\[rank{rank.group(1)}\]:\s?(.*)$", output, re.M))
     error = error or _exception_line(root.splitlines()) or (None if root else _exception_line(output.splitlines()))
     who = f"rank {rank.group(1)}" if rank else "a process"
-    what = (f"raised {error}" if error else f"was killed by signal {killed.group(1)}" if killed
-            else f"exited with code {returncode}")
+    again = ("Running it again is safe: the other processes were stopped, and with --resume and the same "
+             "--checkpoint the run continues from rank 0's last checkpoint.")
+    if killed and not error:
+        cause = (" SIGKILL usually comes from the system's out-of-memory killer: close other programs or use a "
+                 "smaller batch." if killed.group(1) == "SIGKILL" else "")
+        last = _last_lines_before_report(output)
+        return (f"The run of {processes} process(es) failed: {who} crashed (killed by signal {killed.group(1)}). "
+                "The process itself died, in PyTorch's or the system's code or stopped from outside; your code "
+                f"raised no error, so there is no traceback to look for.{cause} {again}"
+                + ("\nThe last lines the run printed before the crash:\n" + "\n".join(last) if last else ""))
+    what = f"raised {error}" if error else f"exited with code {returncode}"
     message = (f"The run of {processes} process(es) failed: {who} {what}. torchrun then stopped the other "
                "processes; that rank's traceback is in the output. Fix the error and launch again (with --resume "
                "and the same --checkpoint to continue from rank 0's last checkpoint).")
@@ -145,6 +155,17 @@ def _failure(output: str, returncode: int, processes: int, with_traceback: bool 
         lines = re.findall(rf"^\[rank{rank.group(1)}\]:\s?(.*)$", output, re.M)[-20:] if rank else []
         message += "\n" + "\n".join(lines or output.strip().splitlines()[-40:])
     return message
+
+
+_TORCHRUN_REPORT = re.compile(r"^[EWI]\d{4} .*torch/distributed/elastic/|^Traceback \(most recent call last\):\s*$|"
+                              r"ChildFailedError|^Root Cause|^=+$")  # where torchrun's own report begins
+
+
+def _last_lines_before_report(output: str, count: int = 8) -> list[str]:
+    """Return the last ``count`` non-empty lines the processes printed before torchrun's failure report."""
+    lines = output.splitlines()
+    end = next((i for i, line in enumerate(lines) if _TORCHRUN_REPORT.search(line)), len(lines))
+    return [line for line in lines[:end] if line.strip()][-count:]
 
 
 def _descendants(pid: int) -> list[int]:
@@ -279,30 +300,28 @@ def _demo_worker(rank: int, world_size: int, port: int, images: torch.Tensor, si
     from ..models import ConvAutoencoder
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    try:
-        torch.manual_seed(0)  # the same weights in every process
-        model = ConvAutoencoder(images.shape[-1], images.shape[1], (16, 32), latent=32)
-        per = images.shape[0] // world_size
-        x = images[rank * per:(rank + 1) * per].float() / 255
-        torch.nn.functional.mse_loss(model(x), x).backward()
-        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
-        dist.all_reduce(grads)  # SUM over the processes ...
-        grads /= world_size  # ... divided by their number: the mean, as DDP computes it
-        times = {}
-        for n in sizes:
-            t = torch.ones(n)
-            dist.all_reduce(t)  # warm-up: the first call sets up the connection
-            clock = []
-            for _ in range(repeats):
-                dist.barrier()
-                t0 = time.perf_counter()
-                dist.all_reduce(t)
-                clock.append(time.perf_counter() - t0)
-            times[n] = float(np.median(clock))
-        if rank == 0:
-            torch.save({"grads": grads, "times": times}, out)
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(0)  # the same weights in every process
+    model = ConvAutoencoder(images.shape[-1], images.shape[1], (16, 32), latent=32)
+    per = images.shape[0] // world_size
+    x = images[rank * per:(rank + 1) * per].float() / 255
+    torch.nn.functional.mse_loss(model(x), x).backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+    dist.all_reduce(grads)  # SUM over the processes ...
+    grads /= world_size  # ... divided by their number: the mean, as DDP computes it
+    times = {}
+    for n in sizes:
+        t = torch.ones(n)
+        dist.all_reduce(t)  # warm-up: the first call sets up the connection
+        clock = []
+        for _ in range(repeats):
+            dist.barrier()
+            t0 = time.perf_counter()
+            dist.all_reduce(t)
+            clock.append(time.perf_counter() - t0)
+        times[n] = float(np.median(clock))
+    if rank == 0:
+        torch.save({"grads": grads, "times": times}, out)
+    finish_data_parallel()  # both ranks leave together and skip interpreter shutdown (why: see there)
 
 
 def all_reduce_demo(images: torch.Tensor, world_size: int = 2, sizes: tuple[int, ...] = (10**3, 10**4, 10**5, 10**6,
