@@ -219,6 +219,25 @@ def _apply_checkpoint(payload: dict, path: Path, model=None, optimizer=None, sch
 
 
 # --------------------------------------------------------------------------- the loop
+def _peek(loader: Iterable):
+    """Return the first batch of ``loader`` without changing the order its epochs will draw.
+
+    Starting an iteration over a shuffling DataLoader draws from its random generator (or, without
+    one, from torch's global one), so a plain ``next(iter(loader))`` would make fit's first epoch
+    see the second order a learner's own loop over the same loader would see.
+    """
+    generators = [g for g in (getattr(loader, "generator", None),
+                              getattr(getattr(loader, "sampler", None), "generator", None)) if g is not None]
+    states = [g.get_state() for g in generators]
+    global_state = torch.get_rng_state()
+    try:
+        return next(iter(loader))
+    finally:
+        for g, state in zip(generators, states):
+            g.set_state(state)
+        torch.set_rng_state(global_state)
+
+
 class _Batches:
     """fit's training data: ImageData kept on the device as uint8 (replayable), or any iterable of batches.
 
@@ -254,7 +273,7 @@ class _Batches:
                     "sampler=torch.utils.data.distributed.DistributedSampler(dataset) (e.g. "
                     "course_utils.chapters.ch10_distributed.sharded_loader), or pass ImageData to fit.")
             self.source = train
-            first = next(iter(train))
+            first = _peek(train)
             self.sample = first[0] if isinstance(first, (list, tuple)) else first  # for mean_image_loss
             self.image_shape = tuple(self.sample.shape[1:])
         self.count = len(self.source)
@@ -414,17 +433,21 @@ def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: Image
     return history
 
 
+MIN_STEPS_TO_JUDGE = 50  # fewer steps may not yet beat the mean image even at a good learning rate (a smoke run)
+
+
 def _warn_if_nothing_learned(history: History, batches: _Batches, loss, lr: float, n_steps: int,
                              dp: DataParallel) -> None:
     """Warn (LearnedNothingWarning) when the run ends no better than always predicting the mean training image.
 
     A learning rate off by a typo (5e3 for 5e-3) saturates a sigmoid output: the loss stays flat and
-    nothing diverges, so nothing else would say so. Judged only after a full epoch and for the MSE loss
-    (the mean image's loss is an MSE), on the last quarter of an epoch's steps: the epoch's mean still
-    holds the first steps' losses, which a short run that did learn has not left behind.
+    nothing diverges, so nothing else would say so. Judged only after a full epoch of at least
+    MIN_STEPS_TO_JUDGE steps and for the MSE loss (the mean image's loss is an MSE), on the last
+    quarter of an epoch's steps: the epoch's mean still holds the first steps' losses, which a short
+    run that did learn has not left behind.
     """
     mse = loss in ("mse", nn.functional.mse_loss) or (isinstance(loss, nn.MSELoss) and loss.reduction == "mean")
-    if not dp.is_main or not history.records or not mse:
+    if not dp.is_main or not history.records or not mse or n_steps < MIN_STEPS_TO_JUDGE:
         return
     recent = history.step_losses[-max(1, batches.count // 4):]
     final, baseline = float(np.mean(recent)), batches.mean_image_loss()
@@ -435,7 +458,7 @@ def _warn_if_nothing_learned(history: History, batches: _Batches, loss, lr: floa
         f"step(s)) is no better than {baseline:.4g}, the loss of always predicting the mean training image. "
         f"Likely causes: a learning rate far too high or too low (this run used lr={lr:g}; the recommended "
         f"model trains with lr={RECOMMENDED_TRAINING['lr']:g}, and a typo such as 5e3 for 5e-3 saturates the "
-        f"output), too few steps ({n_steps} in all: train on more images or for more epochs), or an output "
+        f"output), too few steps for this model ({n_steps} in all: train on more images or for more epochs), or an output "
         f"stuck at its limits (a saturated sigmoid; the images here are scaled to {list(batches.value_range)})."),
         stacklevel=3)
 
