@@ -21,7 +21,8 @@ Chapter-only helpers, one module per chapter (``course_utils.chapters``):
 
 - ``ch02_pooling_vs_strided``: influence maps, shifted images, shift sensitivity, the chapter's models.
 - ``ch03_transposed_convolutions``: overlap, error and edge maps, grid contrast, the chapter's decoders.
-- ``ch04_bottleneck_size``: compression tables, code shapes, the one-pass PCA curve, sharpness.
+- ``ch04_bottleneck_size``: compression tables, code shapes, the one-pass PCA curve, sharpness, two pitfalls
+  (image edits for what MSE rewards, reconstructions batch by batch for what batch norm couples).
 - ``ch05_fast_training``: the seed tutorials' loop, the improvement ladder, GPU memory by batch size.
 - ``ch06_denoising``: corruptions for ``fit(input_transform=...)``, classical filters, scores per noise level.
 - ``ch07_anomaly_detection``: one-class splits, PCA and autoencoder anomaly scores, ROC-AUC, thresholds, OOD inputs.

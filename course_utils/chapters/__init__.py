@@ -2,7 +2,8 @@
 
 - ``ch02_pooling_vs_strided``: influence maps, shifted images, shift sensitivity, the chapter's models.
 - ``ch03_transposed_convolutions``: overlap, error and edge maps, grid contrast, the chapter's decoders.
-- ``ch04_bottleneck_size``: compression tables, code shapes, the one-pass PCA curve, sharpness, curve plots.
+- ``ch04_bottleneck_size``: compression tables, code shapes, the one-pass PCA curve, sharpness, curve plots,
+  image edits (what MSE rewards) and reconstructions batch by batch (what batch normalisation couples).
 - ``ch05_fast_training``: the seed tutorials' loop, the improvement ladder, GPU memory by batch size.
 - ``ch07_anomaly_detection``: one-class splits, PCA and autoencoder anomaly scores, ROC-AUC, thresholds, OOD.
 
