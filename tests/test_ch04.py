@@ -341,3 +341,14 @@ def test_reference_comparison_reads_the_manifest_and_divides_by_pca_and_uva():
         assert row["augmented"] == ("mirrored halves" if info["recipe"].get("augment") == "flip_half" else "no")
         assert row["reference / PCA"] == pytest.approx(info["test_mse"] / info["pca_test_mse"])
         assert row["reference / UvA"] == pytest.approx(info["test_mse"] / UVA_TUTORIAL9_TEST_MSE[k])
+
+
+def test_uva_numbers_are_read_precisely_and_close_results_are_called_ties():
+    from course_utils.chapters.ch04_bottleneck_size import UVA_TUTORIAL9_TEST_MSE, versus_uva
+
+    # summed squared errors per image on [-1, 1], read from UvA's plot, as per-pixel MSE on [0, 1]
+    assert {k: round(v, 6) for k, v in UVA_TUTORIAL9_TEST_MSE.items()} == {64: 0.007088, 128: 0.004085,
+                                                                           256: 0.002067, 384: 0.001286}
+    assert versus_uva(0.007089, UVA_TUTORIAL9_TEST_MSE[64]).startswith("ties with UvA")  # 0.998x read as 'beats' before
+    assert versus_uva(0.002083, UVA_TUTORIAL9_TEST_MSE[256]) == "is 0.8% worse than UvA"
+    assert versus_uva(0.001196, UVA_TUTORIAL9_TEST_MSE[384]) == "beats UvA by 7.0%"
