@@ -15,6 +15,7 @@ Core modules, by role (each imports only the ones above it):
 - ``layers``: look inside a network: layer tables, receptive fields, feature maps, FLOPs.
 - ``timing``: honest speed measurements (timed blocks, medians, turns) and FLOP/s.
 - ``experiments``: controlled comparisons and code-size sweeps (`Comparison`).
+- ``exercises``: exercises that check themselves (`check_answer`, `show_solution`), one module per chapter.
 - ``plots``: figures (matplotlib is imported only when one is drawn).
 
 Chapter-only helpers, one module per chapter (``course_utils.chapters``):
@@ -55,6 +56,7 @@ from .pretrained import PretrainedError, has_pretrained, load_or_train, load_pre
 from .layers import feature_maps, flops_per_image, layer_table, receptive_field
 from .timing import Throughput, TimedSteps, interleave, matmul_flops, measure_throughput, speedup_table, training_flops
 from .experiments import Comparison, code_size, compare_models, sweep_code_sizes
+from .exercises import check_answer, show_solution
 from .plots import (plot_comparison, plot_losses, plot_speedups, results_table, show_feature_maps, show_images,
                     show_reconstructions)
 
@@ -112,6 +114,8 @@ __all__ = [
     "feature_maps", "flops_per_image", "layer_table", "receptive_field",
     # timing
     "Throughput", "TimedSteps", "interleave", "matmul_flops", "measure_throughput", "speedup_table", "training_flops",
+    # exercises
+    "check_answer", "show_solution",
     # experiments
     "Comparison", "code_size", "compare_models", "sweep_code_sizes",
     # plots
