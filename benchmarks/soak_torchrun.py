@@ -8,8 +8,8 @@ Each launch is chapter 10's command, through the chapter's own launcher (`torchr
              --profile smoke --epochs 1 --test --quiet            (OMP_NUM_THREADS=1 per process)
 
 ``--load idle`` launches on the machine as it is; ``--load busy`` first starts one CPU-bound
-process per core (a Python busy loop, stopped at the end), as a learner's machine running
-something else would be. A launch that fails is kept with the first line of its error and the
+process per core (a Python busy loop, stopped at the end; ``--busy-per-core 3`` starts three), as
+a learner's machine running something else would be. A launch that fails is kept with the first line of its error and the
 last lines the failing process printed. Each launch also records ``others_cpu_share``, the
 share of all cores that other programs took meanwhile (measured by `torchrun_train`), so an
 "idle" run that was not idle shows it. Rows go to ``benchmarks/results/soak_torchrun.jsonl``
@@ -52,9 +52,12 @@ def launch_once(timeout_s: float) -> dict:
     return {"ok": True, "seconds": report["launch_seconds"], "others_cpu_share": report["others_cpu_share"]}
 
 
-def soak(load: str, launches: int, timeout_s: float, label: str, results: Path = RESULTS) -> list[dict]:
+def soak(load: str, launches: int, timeout_s: float, label: str, results: Path = RESULTS,
+         busy_per_core: int = 1) -> list[dict]:
     """Run ``launches`` launches under ``load`` ('idle' or 'busy'); append each row to ``results``; return the rows."""
-    busy = start_busy_processes(ch10._cores()) if load == "busy" else []
+    busy = start_busy_processes(busy_per_core * ch10._cores()) if load == "busy" else []
+    if busy:
+        load = f"busy x{busy_per_core}" if busy_per_core > 1 else load
     rows = []
     try:
         bar = tqdm(range(launches), desc=f"{label}, {load}", unit="launch")
@@ -90,12 +93,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--label", default="soak", help="a name for this run in the results file, e.g. before-fix")
     p.add_argument("--timeout", type=float, default=300, help="seconds before a launch counts as hung")
     p.add_argument("--results", type=Path, default=RESULTS, help="the JSON-lines file rows are appended to")
+    p.add_argument("--busy-per-core", type=int, default=1, help="busy processes per core under --load busy")
     args = p.parse_args(argv)
     print(_common.machine_line(stamp=True))
     print(f"course_utils from {Path(cu.__file__).parent}")
     for load in args.load:
-        rows = soak(load, args.launches, args.timeout, args.label, args.results)
-        print(f"{args.label}, {load}: {summary(rows)}")
+        rows = soak(load, args.launches, args.timeout, args.label, args.results, args.busy_per_core)
+        print(f"{args.label}, {rows[0]['load']}: {summary(rows)}")
         for row in rows:
             if not row["ok"]:
                 print(f"  launch {row['launch']}: {row['error']}")
