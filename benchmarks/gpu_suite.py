@@ -62,7 +62,7 @@ import torch
 import _common
 import course_utils as cu
 from course_utils import pretrained as pt
-from course_utils.chapters import ch05_fast_training as ch05
+from course_utils.chapters import _ch05_measurements as ch05
 from course_utils.files import atomic_write
 from train_references import (CANDIDATES, CHECK_IMAGES, GPU_CANDIDATES, GPU_RECIPE, GPU_SECONDS_PER_CODE,
                               candidate_architecture, candidate_recipe, fit_options, gpu_candidates)

@@ -24,7 +24,8 @@ Chapter-only helpers, one module per chapter (``course_utils.chapters``):
 - ``ch03_transposed_convolutions``: overlap, error and edge maps, grid contrast, the chapter's decoders.
 - ``ch04_bottleneck_size``: compression tables, code shapes, the one-pass PCA curve, sharpness, two pitfalls
   (image edits for what MSE rewards, reconstructions batch by batch for what batch norm couples).
-- ``ch05_fast_training``: the seed tutorials' loop, the improvement ladder, GPU memory by batch size.
+- ``ch05_fast_training``: generated from the notebook: the learner's ``device_batches`` and ``train_epoch_fast``.
+- ``_ch05_measurements``: the seed tutorials' loop, timed blocks and ladders, GPU memory by batch size, stored GPU runs.
 - ``ch06_denoising``: corruptions for ``fit(input_transform=...)``, classical filters, scores per noise level.
 - ``ch07_anomaly_detection``: one-class splits, PCA and autoencoder anomaly scores, ROC-AUC, thresholds, OOD inputs.
 - ``ch08_latent_space``: 2-D maps of codes, retrieval and precision@k, linear probes, interpolation, random codes.
@@ -67,7 +68,8 @@ from .chapters.ch03_transposed_convolutions import (edge_map, error_map, grid_co
                                                     plot_over_seeds)
 from .chapters.ch04_bottleneck_size import (bottleneck_map, code_shape, compression_table, gradient_energy,
                                             pca_curve, plot_code_size_curve, spatial_code_size)
-from .chapters.ch05_fast_training import (fit_tutorial_style, improvement_ladder, peak_memory_by_batch_size,
+from .chapters._ch05_measurements import (climb_ladder, fit_tutorial_style, gpu_ladder_lessons, gpu_results,
+                                          improvement_ladder, peak_memory_by_batch_size, timed_block,
                                           tutorial_transform)
 from .chapters.ch06_denoising import (Cutout, GaussianNoise, SaltAndPepper, beats_best_filter,
                                       choose_filter_parameter, corrupt, cross_sigma_table, denoising_frame,
@@ -130,7 +132,8 @@ __all__ = [
     "bottleneck_map", "code_shape", "compression_table", "gradient_energy", "pca_curve", "plot_code_size_curve",
     "spatial_code_size",
     # chapter 05: fast training
-    "fit_tutorial_style", "improvement_ladder", "peak_memory_by_batch_size", "tutorial_transform",
+    "climb_ladder", "fit_tutorial_style", "gpu_ladder_lessons", "gpu_results", "improvement_ladder",
+    "peak_memory_by_batch_size", "timed_block", "tutorial_transform",
     # chapter 06: denoising autoencoders
     "Cutout", "GaussianNoise", "SaltAndPepper", "beats_best_filter", "choose_filter_parameter", "corrupt",
     "cross_sigma_table", "denoising_frame", "denoising_scores", "gaussian_blur", "image_scores", "median_filter",

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import course_utils as cu
-from course_utils.chapters import ch05_fast_training as ch05
+from course_utils.chapters import _ch05_measurements as ch05
 
 from conftest import CIFAR_DIR, load_script, needs_cifar
 

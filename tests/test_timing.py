@@ -10,7 +10,7 @@ from torch import nn
 
 import course_utils as cu
 from course_utils import timing as speed
-from course_utils.chapters import ch05_fast_training as ch05
+from course_utils.chapters import _ch05_measurements as ch05
 
 
 @pytest.fixture(scope="module")
