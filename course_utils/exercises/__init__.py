@@ -5,9 +5,10 @@ cell starts as a stub that raises ``NotImplementedError`` or holds ``None``), an
 
     cu.check_answer("01.1", conv_output_side)
 
-The check prints one line: correct; or what differs (a shape, a value beyond a stated tolerance, a
-parameter count) with a hint; or "not attempted yet", so a notebook run before any exercise is
-written goes on without an error. ``cu.show_solution("01.1")`` prints the reference solution.
+The check prints one line (and returns nothing, so a cell shows only that line): correct; or what
+differs (a shape, a value beyond a stated tolerance, a parameter count) with a hint; or "not
+attempted yet", so a notebook run before any exercise is written goes on without an error;
+`answer_problem` returns the same verdict to code. ``cu.show_solution("01.1")`` prints the reference solution.
 The pattern is Neuromatch Academy's stubs that raise until filled, with CS231n's and Karpathy's
 tolerance checks. Each chapter's exercises, with their checks, solutions and typical wrong answers,
 live in ``course_utils/exercises/chNN.py``; ``tests/test_exercises.py`` runs every solution (it must
@@ -71,23 +72,22 @@ def answer_problem(key: str, answer: Any) -> str | None:
         raise NotAttempted from e
 
 
-def check_answer(key: str, answer: Any) -> bool:
+def check_answer(key: str, answer: Any) -> None:
     """Check ``answer`` to exercise ``key``; print correct, what differs with a hint, or 'not attempted yet'."""
     ex = _find(key)
     try:
         problem = answer_problem(key, answer)
     except NotAttempted:
         print(f"Exercise {key} ({ex.title}): not attempted yet. Fill in the cell above, run it, then run this cell "
-              f"again. Hint: {ex.hint}")
-        return False
+              "again.")
+        return
     except Exception as e:  # the learner's code failed: say how, and keep the notebook going
         problem = f"your code raised {type(e).__name__}: {e}"
     if problem is None:
         print(f"Exercise {key} ({ex.title}): correct.")
-        return True
+        return
     print(f"Exercise {key} ({ex.title}): not yet: {problem}. Hint: {ex.hint} "
           f"(cu.show_solution({key!r}) shows a solution.)")
-    return False
 
 
 def show_solution(key: str) -> None:
