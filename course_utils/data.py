@@ -868,6 +868,33 @@ def random_patches(photos: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], 
                      "patches", "all")
 
 
+# --------------------------------------------------------------------------- data that does not fit on the device
+class UInt8Images(Dataset):
+    """A Dataset of uint8 images (C, H, W), one at a time, from ImageData or a NumPy array (N, H, W, C).
+
+    The array may be memory-mapped (``np.load("images.npy", mmap_mode="r")``): each DataLoader
+    worker then reads only the images its process asks for, so the data never has to fit in
+    memory, let alone on the device. Images stay uint8 (4x fewer bytes than float32) until
+    `fit` decodes the batch on the device.
+    """
+
+    def __init__(self, data: ImageData | np.ndarray | torch.Tensor):
+        if isinstance(data, ImageData):
+            data = data.images
+        if data.dtype not in (np.uint8, torch.uint8) or data.ndim != 4:
+            raise CourseError(f"UInt8Images expects uint8 images, (N, C, H, W) as a tensor or (N, H, W, C) as a "
+                              f"NumPy array, got {data.dtype} {tuple(data.shape)}.")
+        self.data, self.channels_last_array = data, isinstance(data, np.ndarray)
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self.channels_last_array:
+            return torch.from_numpy(np.array(self.data[i])).permute(2, 0, 1)  # a copy read from disk; HxWxC => CxHxW
+        return self.data[i]
+
+
 # --------------------------------------------------------------------------- iteration
 class DeviceBatches:
     """Iterate over float batches of images that stay as uint8 on the training device.

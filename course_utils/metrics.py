@@ -93,22 +93,48 @@ def pca_parameters(n_components: int, image_shape) -> int:
     return n_components * values + values  # k axes of C*H*W values each, and the C*H*W-value mean
 
 
-def pca_baseline(train: ImageData, test: ImageData, n_components: int, seed: int = 0,
-                 return_reconstructions: bool = False) -> dict:
-    """Fit PCA with ``n_components`` on the train split and score reconstructions of the test split."""
+def fit_pca(train: ImageData, n_components: int, seed: int = 0):
+    """Fit scikit-learn's PCA with ``n_components`` on a split's images (flattened, on [0, 1]); return it.
+
+    The course's one PCA: ``pca_baseline`` scores it, chapter 07 turns its errors into anomaly scores,
+    chapter 08 compares its codes, chapter 04 truncates one fit to every smaller size (the axes come sorted
+    by explained variance, so the first k of an exact fit are the k-component PCA).
+    """
     from sklearn.decomposition import PCA
-    from torchmetrics.functional.image import structural_similarity_index_measure
 
     dims = int(np.prod(train.image_shape))
     if not 0 < n_components <= min(dims, len(train)):
         raise CourseError(f"PCA needs 1 <= n_components <= min(pixels, train images) = "
-                          f"{min(dims, len(train))}, got {n_components}.")
-    x_train = to_float(train.images).flatten(1).numpy()
-    x_test = to_float(test.images).flatten(1).numpy()
+                          f"{min(dims, len(train))}, got {n_components}: use fewer components or more images.")
     solver = "covariance_eigh" if len(train) > 2 * dims else "auto"  # exact and fast when N >> pixels
-    pca = PCA(n_components=n_components, svd_solver=solver, random_state=seed).fit(x_train)
-    recon = np.clip(pca.inverse_transform(pca.transform(x_test)), 0.0, 1.0)
-    recon_t = torch.from_numpy(recon.astype(np.float32)).view(-1, *test.image_shape)
+    return PCA(n_components=n_components, svd_solver=solver, random_state=seed).fit(
+        to_float(train.images).flatten(1).numpy())
+
+
+def pca_reconstruct(pca, images: ImageData | torch.Tensor) -> torch.Tensor:
+    """Return PCA's reconstructions of uint8 images as floats on [0, 1] (clipped), in the images' shape."""
+    images = images.images if isinstance(images, ImageData) else images
+    if int(np.prod(images.shape[1:])) != pca.n_features_in_:
+        raise CourseError(f"This PCA was fitted on images of {pca.n_features_in_} values, got images of shape "
+                          f"{tuple(images.shape[1:])}: use images of the size it was fitted on.")
+    x = to_float(images).flatten(1).numpy()
+    recon = np.clip(pca.inverse_transform(pca.transform(x)), 0.0, 1.0)
+    return torch.from_numpy(recon.astype(np.float32)).view(-1, *images.shape[1:])
+
+
+def pca_errors(pca, images: ImageData | torch.Tensor) -> torch.Tensor:
+    """Return each image's PCA reconstruction MSE on [0, 1] (reconstructions clipped to [0, 1])."""
+    images = images.images if isinstance(images, ImageData) else images
+    return ((pca_reconstruct(pca, images) - to_float(images)) ** 2).flatten(1).mean(1)
+
+
+def pca_baseline(train: ImageData, test: ImageData, n_components: int, seed: int = 0,
+                 return_reconstructions: bool = False) -> dict:
+    """Fit PCA with ``n_components`` on the train split and score reconstructions of the test split."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    pca = fit_pca(train, n_components, seed)
+    recon_t = pca_reconstruct(pca, test)
     target = to_float(test.images)
     mse = float(((recon_t - target) ** 2).mean())
     ssim = float(structural_similarity_index_measure(recon_t, target, data_range=1.0))

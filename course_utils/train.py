@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from .chapters.ch10_distributed import sharded_loader
 from .data import ImageData, load_dataset, read_pack
 from .engine import finish_data_parallel, join_data_parallel
 from .environment import get_profile, seed_everything
@@ -29,7 +28,7 @@ from .metrics import evaluate
 from .models import RECOMMENDED_TRAINING, ConvAutoencoder, recommended_autoencoder
 from .replicas import (AnothertechsAutoencoder, GeeksforGeeksAutoencoder, KapilshAutoencoder, PaperspaceAutoencoder,
                        UvATutorial9Autoencoder)
-from .training import fit
+from .training import fit, sharded_loader
 
 MODELS = {"recommended": "the course's recommended autoencoder (--latent, --bottleneck)",
           "plain": "ConvAutoencoder without batch norm, widths 32 and 64 (--latent)",

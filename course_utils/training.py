@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 
-from .data import DeviceBatches, ImageData, to_float
+from .data import DeviceBatches, ImageData, UInt8Images, to_float
 from .engine import (DataParallel, TrainStep, all_reduce_mean, check_model_fits, join_data_parallel,
                      resolve_channels_last)
 from .environment import get_device
@@ -219,6 +221,28 @@ def _apply_checkpoint(payload: dict, path: Path, model=None, optimizer=None, sch
 
 
 # --------------------------------------------------------------------------- the loop
+def sharded_loader(data: ImageData | np.ndarray | Dataset, batch_size: int, *, workers: int = 2, seed: int = 0,
+                   device: torch.device | str | None = None) -> DataLoader:
+    """Return a DataLoader giving this process its share of each global batch of ``batch_size`` uint8 images.
+
+    A `DistributedSampler` (shuffled with ``seed``; `fit` calls its ``set_epoch`` every epoch, so
+    every rank draws the same new order each epoch) gives process r of W the images
+    r, r + W, r + 2W, ... of that order, ``batch_size / W`` at a time; ``workers`` processes
+    read and collate the next batches while the model trains, and on a GPU the batches land in
+    pinned (page-locked) memory so the copy to the device runs in the background. Alone (no
+    torchrun) it is the same loader with W = 1.
+    """
+    dp = join_data_parallel(device)
+    if batch_size % dp.world_size:
+        raise CourseError(f"batch_size={batch_size} is the global batch, split evenly over the {dp.world_size} "
+                          f"processes, so it must be a multiple of {dp.world_size}.")
+    dataset = data if isinstance(data, Dataset) else UInt8Images(data)
+    sampler = DistributedSampler(dataset, num_replicas=dp.world_size, rank=dp.rank, shuffle=True, seed=seed,
+                                 drop_last=True)
+    return DataLoader(dataset, batch_size=batch_size // dp.world_size, sampler=sampler, drop_last=True,
+                      num_workers=workers, pin_memory=dp.device.type == "cuda", persistent_workers=workers > 0)
+
+
 def _peek(loader: Iterable):
     """Return the first batch of ``loader`` without changing the order its epochs will draw.
 
@@ -271,7 +295,7 @@ class _Batches:
                     f"Under torchrun each of the {dp.world_size} processes must read its own share of the data, "
                     "but this DataLoader gives every process all of it. Build it with "
                     "sampler=torch.utils.data.distributed.DistributedSampler(dataset) (e.g. "
-                    "course_utils.chapters.ch10_distributed.sharded_loader), or pass ImageData to fit.")
+                    "cu.sharded_loader), or pass ImageData to fit.")
             self.source = train
             first = _peek(train)
             self.sample = first[0] if isinstance(first, (list, tuple)) else first  # for mean_image_loss

@@ -203,7 +203,7 @@ def test_the_script_trains_through_a_sharded_dataloader_like_one_process(launch,
     from course_utils.train import build_model
     cu.seed_everything(0)  # the same run alone: the DistributedSampler of 1 replica draws the same global batches
     model = build_model("plain", (1, 28, 28), 16, "flat")
-    alone = cu.fit(model, ch10.sharded_loader(launch.data, 32, workers=0, device="cpu"), epochs=1, batch_size=32,
+    alone = cu.fit(model, cu.sharded_loader(launch.data, 32, workers=0, device="cpu"), epochs=1, batch_size=32,
                    amp=False, device="cpu", progress=False, **{k: v for k, v in cu.RECOMMENDED_TRAINING.items()
                                                                 if k != "batch_size"})
     torch.testing.assert_close(torch.tensor(result["step_losses"]), torch.tensor(alone.step_losses))
@@ -219,7 +219,7 @@ def test_a_global_batch_that_does_not_split_evenly_says_which_to_use(launch):
 
 
 def test_a_dataloader_without_a_distributed_sampler_is_refused_under_torchrun(launch):
-    loader = torch.utils.data.DataLoader(ch10.UInt8Images(launch.data), batch_size=16)
+    loader = torch.utils.data.DataLoader(cu.UInt8Images(launch.data), batch_size=16)
     with pytest.raises(cu.CourseError, match=r"must read its own share.*DistributedSampler"):
         training._Batches(loader, 32, torch.device("cpu"), (0.0, 1.0), 0, False, TWO)
 
@@ -270,7 +270,7 @@ def test_one_process_trains_on_uint8_batches_from_a_memory_mapped_array(tmp_path
     path = tmp_path / "images.npy"
     np.save(path, launch.data.images.permute(0, 2, 3, 1).numpy())  # the pack layout, N x H x W x C
     images = np.load(path, mmap_mode="r")  # read from disk image by image, never all in memory
-    loader = ch10.sharded_loader(images, 32, workers=0, device="cpu")
+    loader = cu.sharded_loader(images, 32, workers=0, device="cpu")
     first = next(iter(loader))
     assert first.dtype == torch.uint8 and first.shape == (32, 1, 28, 28)
     torch.manual_seed(0)
@@ -305,7 +305,7 @@ def test_the_all_reduce_demo_averages_to_the_whole_batch_gradient(launch, one_th
 
 def test_chapter_helpers_reject_what_they_cannot_take(launch):
     with pytest.raises(cu.CourseError, match=r"UInt8Images expects uint8 images"):
-        ch10.UInt8Images(launch.data.images.float())
+        cu.UInt8Images(launch.data.images.float())
     with pytest.raises(cu.CourseError, match=r"N a multiple of world_size=3"):
         ch10.all_reduce_demo(launch.data.images[:32], world_size=3)
 

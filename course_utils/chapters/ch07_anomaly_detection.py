@@ -17,7 +17,7 @@ from torch import nn
 from ..data import ImageData, resize_images, to_float
 from ..environment import Profile
 from ..errors import CourseError
-from ..metrics import per_image_errors
+from ..metrics import fit_pca, pca_errors, per_image_errors  # noqa: F401 (moved to the core)
 from ..models import RECOMMENDED_TRAINING, recommended_autoencoder
 from ..training import fit
 
@@ -124,30 +124,6 @@ def auc_differences(runs: Mapping[str, "OneClassRun"], a: str = "autoencoder", b
     frame["verdict"] = np.where(frame["low"] > 0, f"{a} better", np.where(frame["high"] < 0, f"{b} better",
                                                                            "within noise"))
     return frame
-
-
-def fit_pca(train: ImageData, n_components: int, seed: int = 0):
-    """Fit scikit-learn's PCA with ``n_components`` on a split's images (flattened, on [0, 1]); return it."""
-    from sklearn.decomposition import PCA
-
-    dims = int(np.prod(train.image_shape))
-    if not 0 < n_components <= min(dims, len(train)):
-        raise CourseError(f"PCA needs 1 <= n_components <= min(pixels, train images) = "
-                          f"{min(dims, len(train))}, got {n_components}: use fewer components or more images.")
-    solver = "covariance_eigh" if len(train) > 2 * dims else "auto"  # exact and fast when N >> pixels
-    return PCA(n_components=n_components, svd_solver=solver, random_state=seed).fit(
-        to_float(train.images).flatten(1).numpy())
-
-
-def pca_errors(pca, images: ImageData | torch.Tensor) -> torch.Tensor:
-    """Return each image's PCA reconstruction MSE on [0, 1] (reconstructions clipped to [0, 1], like pca_baseline)."""
-    images = images.images if isinstance(images, ImageData) else images
-    if int(np.prod(images.shape[1:])) != pca.n_features_in_:
-        raise CourseError(f"This PCA was fitted on images of {pca.n_features_in_} values, got images of shape "
-                          f"{tuple(images.shape[1:])}: score images of the size it was fitted on.")
-    x = to_float(images).flatten(1).numpy()
-    recon = np.clip(pca.inverse_transform(pca.transform(x)), 0.0, 1.0)
-    return torch.from_numpy(((recon - x) ** 2).mean(1).astype(np.float32))
 
 
 def threshold_at(normal_errors, percentile: float = THRESHOLD_PERCENTILE) -> float:

@@ -18,7 +18,7 @@ from ..environment import Profile
 from ..errors import CourseError
 from ..metrics import embed_images, model_value_range
 from ..models import RECOMMENDED_TRAINING, recommended_autoencoder
-from .ch07_anomaly_detection import fit_pca
+from ..metrics import fit_pca
 
 # The chapter's reference model per dataset, and the code size of the autoencoder trained when it is missing.
 REFERENCES = {"fashion-mnist": "fashion-mnist-196", "cifar10": "cifar10-256"}

@@ -35,53 +35,8 @@ from ..engine import finish_data_parallel, join_data_parallel
 from ..errors import CourseError
 
 
-# --------------------------------------------------------------------------- data that does not fit on the device
-class UInt8Images(Dataset):
-    """A Dataset of uint8 images (C, H, W), one at a time, from ImageData or a NumPy array (N, H, W, C).
-
-    The array may be memory-mapped (``np.load("images.npy", mmap_mode="r")``): each DataLoader
-    worker then reads only the images its process asks for, so the data never has to fit in
-    memory, let alone on the device. Images stay uint8 (4x fewer bytes than float32) until
-    `fit` decodes the batch on the device.
-    """
-
-    def __init__(self, data: ImageData | np.ndarray | torch.Tensor):
-        if isinstance(data, ImageData):
-            data = data.images
-        if data.dtype not in (np.uint8, torch.uint8) or data.ndim != 4:
-            raise CourseError(f"UInt8Images expects uint8 images, (N, C, H, W) as a tensor or (N, H, W, C) as a "
-                              f"NumPy array, got {data.dtype} {tuple(data.shape)}.")
-        self.data, self.channels_last_array = data, isinstance(data, np.ndarray)
-
-    def __len__(self) -> int:
-        return self.data.shape[0]
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        if self.channels_last_array:
-            return torch.from_numpy(np.array(self.data[i])).permute(2, 0, 1)  # a copy read from disk; HxWxC => CxHxW
-        return self.data[i]
-
-
-def sharded_loader(data: ImageData | np.ndarray | Dataset, batch_size: int, *, workers: int = 2, seed: int = 0,
-                   device: torch.device | str | None = None) -> DataLoader:
-    """Return a DataLoader giving this process its share of each global batch of ``batch_size`` uint8 images.
-
-    A `DistributedSampler` (shuffled with ``seed``; `fit` calls its ``set_epoch`` every epoch, so
-    every rank draws the same new order each epoch) gives process r of W the images
-    r, r + W, r + 2W, ... of that order, ``batch_size / W`` at a time; ``workers`` processes
-    read and collate the next batches while the model trains, and on a GPU the batches land in
-    pinned (page-locked) memory so the copy to the device runs in the background. Alone (no
-    torchrun) it is the same loader with W = 1.
-    """
-    dp = join_data_parallel(device)
-    if batch_size % dp.world_size:
-        raise CourseError(f"batch_size={batch_size} is the global batch, split evenly over the {dp.world_size} "
-                          f"processes, so it must be a multiple of {dp.world_size}.")
-    dataset = data if isinstance(data, Dataset) else UInt8Images(data)
-    sampler = DistributedSampler(dataset, num_replicas=dp.world_size, rank=dp.rank, shuffle=True, seed=seed,
-                                 drop_last=True)
-    return DataLoader(dataset, batch_size=batch_size // dp.world_size, sampler=sampler, drop_last=True,
-                      num_workers=workers, pin_memory=dp.device.type == "cuda", persistent_workers=workers > 0)
+from ..data import UInt8Images  # noqa: E402,F401 (moved to the core: the command-line trainer uses them)
+from ..training import sharded_loader  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------- launching with torchrun
