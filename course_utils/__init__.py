@@ -32,11 +32,15 @@ Chapter-only helpers, one module per chapter (``course_utils.chapters``):
 - ``_ch05_measurements``: the seed tutorials' loop, timed blocks and ladders, GPU memory by batch size, stored GPU runs.
 - ``ch06_denoising``: generated from the notebook: the learner's corruptions, ``Denoiser`` and denoising loop.
 - ``_ch06_scores``: chapter 06's classical filters tuned on validation, scores per noise level, tables and figures.
-- ``ch07_anomaly_detection``: one-class splits, PCA and autoencoder anomaly scores, ROC-AUC, thresholds, OOD inputs.
+- ``ch07_anomaly_detection``: generated from the notebook: the learner's ``anomaly_scores``, ``roc_auc``,
+  ``threshold_at`` and ``threshold_rates``.
+- ``_ch07_experiments``: one-class splits and runs beside PCA, checked AUCs and thresholds, a paired bootstrap,
+  tables, out-of-distribution inputs, figures.
 - ``ch08_latent_space``: generated from the notebook: the learner's encoding, neighbours and precision@k,
   interpolation, decoding and random codes.
 - ``_ch08_analysis``: the chapter's models, 2-D maps, the linear probe's regularisation path, round trips, figures.
-- ``ch10_distributed``: launching ``python -m course_utils.train`` with torchrun, a sharded DataLoader, all-reduce.
+- ``ch10_distributed``: generated from the notebook: the learner's ``scaled_lr`` and ``train_data_parallel``.
+- ``_ch10_launch``: a worker on N processes, ``python -m course_utils.train`` under torchrun, all-reduce.
 
 Everything in ``__all__`` is reachable as ``cu.<name>``; the rest by module path
 (e.g. ``cu.data.pack_path``).
@@ -59,7 +63,7 @@ from .replicas import (AnothertechsAutoencoder, GeeksforGeeksAutoencoder, Kapils
 from .engine import TrainStep, cpu_has_native_bf16, eval_mode, finish_data_parallel, join_data_parallel, resolve_amp
 from .metrics import (accuracy, embed_images, evaluate, fit_pca, pca_baseline, pca_errors, pca_parameters,
                       pca_reconstruct, per_image_errors, psnr_from_mse, reconstruct)
-from .training import (History, fit, fit_classifier, fit_with_batch_fallback, load_checkpoint, save_checkpoint,
+from .training import (History, Recipe, fit, fit_classifier, fit_with_batch_fallback, load_checkpoint, save_checkpoint,
                        sharded_loader)
 from .pretrained import PretrainedError, has_pretrained, load_or_train, load_pretrained, pretrained_info, pretrained_names
 from .layers import feature_maps, flops_per_image, layer_table, receptive_field
@@ -74,13 +78,6 @@ from .chapters._ch04_analysis import code_shape, gradient_energy  # chapters 07 
 from .chapters._ch05_measurements import (climb_ladder, fit_tutorial_style, gpu_ladder_lessons, gpu_results,
                                           improvement_ladder, peak_memory_by_batch_size, timed_block,
                                           tutorial_transform)
-from .chapters.ch07_anomaly_detection import (OneClassRun, anomaly_labels, auc_difference, auc_differences,
-                                              auc_table, cifar_classes, digits_images, one_class,
-                                              one_class_budget, one_class_runs, ood_inputs, ood_table,
-                                              plot_auc_table, plot_error_histograms, plot_roc_curves, rates_table,
-                                              roc_auc, show_extremes, threshold_at, threshold_rates, train_one_class)
-from .chapters.ch10_distributed import (all_reduce_demo, run_torchrun, scaled_lr,
-                                        torchrun_train)
 
 __all__ = [
     # errors
@@ -105,7 +102,7 @@ __all__ = [
     "accuracy", "embed_images", "evaluate", "fit_pca", "pca_baseline", "pca_errors", "pca_parameters",
     "pca_reconstruct", "per_image_errors", "psnr_from_mse", "reconstruct",
     # training
-    "History", "fit", "fit_classifier", "fit_with_batch_fallback", "load_checkpoint", "save_checkpoint",
+    "History", "Recipe", "fit", "fit_classifier", "fit_with_batch_fallback", "load_checkpoint", "save_checkpoint",
     "sharded_loader",
     # pretrained
     "PretrainedError", "has_pretrained", "load_or_train", "load_pretrained", "pretrained_info", "pretrained_names",
@@ -125,11 +122,4 @@ __all__ = [
     # chapter 05: fast training
     "climb_ladder", "fit_tutorial_style", "gpu_ladder_lessons", "gpu_results", "improvement_ladder",
     "peak_memory_by_batch_size", "timed_block", "tutorial_transform",
-    # chapter 07: anomaly detection
-    "OneClassRun", "anomaly_labels", "auc_difference", "auc_differences", "auc_table", "cifar_classes",
-    "digits_images", "one_class", "one_class_budget", "one_class_runs", "ood_inputs", "ood_table",
-    "plot_auc_table", "plot_error_histograms", "plot_roc_curves", "rates_table", "roc_auc",
-    "show_extremes", "threshold_at", "threshold_rates", "train_one_class",
-    # chapter 10: beyond one device
-    "all_reduce_demo", "run_torchrun", "scaled_lr", "torchrun_train",
 ]

@@ -55,6 +55,8 @@ class Profile:
     images_per_repeat: int  # images in each timed block of a speed measurement (chapter 05)
     timing_repeats: int  # timed blocks per speed measurement; the rate reported is their median (chapter 05)
     description: str
+    one_class_cifar_classes: int = 10  # CIFAR-10 classes that take a turn as the "normal" class (chapter 07)
+    budget_seconds: float = 45.0  # training seconds per model in a fixed-time comparison (chapter 09)
 
     def take(self, n_available: int, which: str = "train") -> int:
         """Return how many images of a split of ``n_available`` this profile uses."""
@@ -65,13 +67,16 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", train_images=1024, test_images=512, epochs=1, batch_size=128, sweep_epochs=1,
                      compile=False, sweep_share=0.5, images_per_repeat=256, timing_repeats=1,
-                     description="CI regression run: seconds per experiment, numbers are not meaningful"),
+                     description="CI regression run: seconds per experiment, numbers are not meaningful",
+                     one_class_cifar_classes=2, budget_seconds=3.0),
     "laptop": Profile("laptop", train_images=12_000, test_images=2_000, epochs=4, batch_size=128, sweep_epochs=2,
                       compile=False, sweep_share=0.5, images_per_repeat=1024, timing_repeats=5,
-                      description="2-core CPU: each notebook in at most 5 minutes"),
+                      description="2-core CPU: each notebook in at most 5 minutes",
+                      one_class_cifar_classes=10, budget_seconds=45.0),
     "gpu": Profile("gpu", train_images=None, test_images=None, epochs=30, batch_size=256, sweep_epochs=15,
                    compile=True, sweep_share=1.0, images_per_repeat=16384, timing_repeats=5,
-                   description="one CUDA GPU: full splits, full-length training"),
+                   description="one CUDA GPU: full splits, full-length training",
+                   one_class_cifar_classes=10, budget_seconds=120.0),
 }
 
 

@@ -28,7 +28,7 @@ from .metrics import evaluate
 from .models import RECOMMENDED_TRAINING, ConvAutoencoder, recommended_autoencoder
 from .replicas import (AnothertechsAutoencoder, GeeksforGeeksAutoencoder, KapilshAutoencoder, PaperspaceAutoencoder,
                        UvATutorial9Autoencoder)
-from .training import fit, sharded_loader
+from .training import Recipe, fit, sharded_loader
 
 MODELS = {"recommended": "the course's recommended autoencoder (--latent, --bottleneck)",
           "plain": "ConvAutoencoder without batch norm, widths 32 and 64 (--latent)",
@@ -114,10 +114,11 @@ def main(argv: list[str] | None = None) -> dict:
     data = train if args.loader == "resident" else sharded_loader(train, args.batch_size, workers=args.workers,
                                                                    seed=args.seed, device=dp.device)
     ready = time.perf_counter()
-    history = fit(model, data, epochs=args.epochs or profile.epochs, batch_size=args.batch_size, lr=args.lr,
-                  optimizer=args.optimizer, weight_decay=args.weight_decay,
-                  schedule=None if args.schedule == "none" else args.schedule, amp=args.amp, device=dp.device,
-                  seed=args.seed, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
+    recipe = Recipe(epochs=args.epochs or profile.epochs, batch_size=args.batch_size, lr=args.lr,
+                    optimizer=args.optimizer, weight_decay=args.weight_decay,
+                    schedule=None if args.schedule == "none" else args.schedule, amp=args.amp, seed=args.seed)
+    history = fit(model, data, None, recipe, device=dp.device, checkpoint=args.checkpoint,
+                  checkpoint_every=args.checkpoint_every,
                   resume=args.resume, stop_after_steps=args.stop_after_steps, progress=not args.quiet,
                   desc=f"{args.model} x{dp.world_size} process(es)")
     report = {"processes": dp.world_size, "backend": dp.backend, "device": str(dp.device),

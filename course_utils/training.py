@@ -220,6 +220,54 @@ def _apply_checkpoint(payload: dict, path: Path, model=None, optimizer=None, sch
             obj.load_state_dict(payload[key])
 
 
+# --------------------------------------------------------------------------- the recipe
+_STEP_SETTINGS = ("lr", "optimizer", "weight_decay", "schedule", "loss", "amp", "channels_last", "fused", "compile",
+                  "max_grad_norm", "input_transform", "sync_batchnorm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Say how to train, every setting in one place (airbench's hyperparameter dict): `fit` takes one.
+
+    ``Recipe(**RECOMMENDED_TRAINING, epochs=4)`` is the course's recommended recipe for 4 epochs;
+    ``recipe.replace(lr=1e-3)`` a copy with one change. ``input_transform`` corrupts the inputs only
+    (denoising: the target stays clean); ``augment`` changes each batch, input and target alike (e.g.
+    `flip_half`); ``amp``, ``channels_last`` and ``fused`` default to what is fast on the device.
+    """
+
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 2e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    schedule: str | None = "onecycle"
+    loss: str | Callable = "mse"
+    max_grad_norm: float | None = None
+    input_transform: Callable | None = None
+    augment: Callable | None = None
+    seed: int = 0
+    amp: bool | str = "auto"
+    channels_last: bool | str = "auto"
+    fused: bool | str = "auto"
+    compile: bool = False
+    sync_batchnorm: bool = False
+
+    def replace(self, **changes) -> Recipe:
+        """Return a copy with ``changes``; an unknown setting is a CourseError that lists the known ones."""
+        known = [field.name for field in dataclasses.fields(self)]
+        unknown = sorted(set(changes) - set(known))
+        if unknown:
+            raise CourseError(f"Unknown training setting(s) {', '.join(map(repr, unknown))}: a recipe has "
+                              f"{', '.join(known)}. Check the spelling (fit's other arguments are value_range, "
+                              f"device, checkpoint, checkpoint_every, resume, progress, check_every, "
+                              f"stop_after_steps and desc).")
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def step_settings(self) -> dict:
+        """Return the settings `TrainStep` takes (everything but epochs, batch size, augmentation and seed)."""
+        return {name: getattr(self, name) for name in _STEP_SETTINGS}
+
+
 # --------------------------------------------------------------------------- the loop
 def sharded_loader(data: ImageData | np.ndarray | Dataset, batch_size: int, *, workers: int = 2, seed: int = 0,
                    device: torch.device | str | None = None) -> DataLoader:
@@ -362,17 +410,16 @@ class _EpochLosses:
         return float(chunk.mean()) if len(chunk) else float("nan")
 
 
-def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: ImageData | None = None, *,
-        epochs: int = 1, batch_size: int = 128, lr: float = 2e-3, optimizer: str = "adamw",
-        weight_decay: float = 0.0, schedule: str | None = "onecycle", loss: str | Callable = "mse",
-        value_range: tuple[float, float] | None = None, device: torch.device | str | None = None,
-        amp: bool | str = "auto", channels_last: bool | str = "auto", fused: bool | str = "auto",
-        compile: bool = False, max_grad_norm: float | None = None, input_transform: Callable | None = None,
-        augment: Callable | None = None, checkpoint: str | Path | None = None, checkpoint_every: int | None = None,
-        resume: bool = False, seed: int = 0, progress: bool = True, check_every: int = 50,
-        stop_after_steps: int | None = None, desc: str | None = None, sync_batchnorm: bool = False) -> History:
+def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: ImageData | None = None,
+        recipe: Recipe | None = None, *, value_range: tuple[float, float] | None = None,
+        device: torch.device | str | None = None, checkpoint: str | Path | None = None,
+        checkpoint_every: int | None = None, resume: bool = False, progress: bool = True, check_every: int = 50,
+        stop_after_steps: int | None = None, desc: str | None = None, **settings) -> History:
     """Train an autoencoder to reconstruct its input; return the per-epoch History.
 
+    How to train is one `Recipe` (epochs, batch size, optimizer, schedule, loss, ...); a setting given
+    by name overrides the recipe's (``fit(model, train, recipe, epochs=2)``, or no recipe and only
+    names: ``fit(model, train, epochs=2, lr=5e-3)``). The other arguments say where and how to run it.
     ``train`` is ImageData (fast path: uint8 on the device, shuffled there) or any iterable of
     float batches (``x`` or ``(x, label)``, e.g. a DataLoader). The step is `TrainStep`'s:
     ``amp``, ``channels_last`` and ``fused`` default to what is fast on this device, and
@@ -389,6 +436,9 @@ def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: Image
     """
     from tqdm.auto import tqdm
 
+    recipe = (recipe or Recipe()).replace(**settings)
+    epochs, batch_size, lr, seed, loss, augment = (recipe.epochs, recipe.batch_size, recipe.lr, recipe.seed,
+                                                   recipe.loss, recipe.augment)
     if epochs <= 0:
         raise CourseError(f"epochs must be positive, got {epochs}.")
     if lr <= 0 or not math.isfinite(lr):
@@ -396,15 +446,14 @@ def fit(model: nn.Module, train: ImageData | torch.Tensor | Iterable, val: Image
     dp = join_data_parallel(device)  # alone: rank 0 of 1 on `device` (default: the best one here)
     device = dp.device
     value_range = tuple(value_range or model_value_range(model))
-    batches = _Batches(train, batch_size, device, value_range, seed, resolve_channels_last(channels_last, device), dp)
-    step = TrainStep(model, device=device, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
-                     schedule=schedule, total_steps=epochs * batches.count, loss=loss, amp=amp,
-                     channels_last=channels_last, fused=fused, compile=compile, max_grad_norm=max_grad_norm,
-                     input_transform=input_transform, sync_batchnorm=sync_batchnorm)
+    batches = _Batches(train, batch_size, device, value_range, seed,
+                       resolve_channels_last(recipe.channels_last, device), dp)
+    step = TrainStep(model, device=device, total_steps=epochs * batches.count, **recipe.step_settings())
     model = step.model
     check_model_fits(model, batches.image_shape, device)
-    config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-              "weight_decay": weight_decay, "schedule": schedule, "seed": seed, "value_range": list(value_range),
+    config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": recipe.optimizer,
+              "weight_decay": recipe.weight_decay, "schedule": recipe.schedule, "seed": seed,
+              "value_range": list(value_range),
               "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "custom"),
               "model": type(model).__name__, "images": batches.count * batch_size, "processes": dp.world_size,
               "augment": None if augment is None else getattr(augment, "__name__", "custom")}

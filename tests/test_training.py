@@ -1,6 +1,7 @@
 """fit: it learns, it is reproducible, it saves atomically and resumes exactly where it stopped."""
 from __future__ import annotations
 
+import inspect
 import platform
 import random
 import re
@@ -149,6 +150,8 @@ def test_profiles_hold_the_chapter_knobs():
     sizes = {name: (p.sweep_share, p.images_per_repeat, p.timing_repeats) for name, p in cu.PROFILES.items()}
     assert sizes == {"smoke": (0.5, 256, 1), "laptop": (0.5, 1024, 5), "gpu": (1.0, 16384, 5)}
     assert all(p.name == name for name, p in cu.PROFILES.items())
+    knobs = {name: (p.one_class_cifar_classes, p.budget_seconds) for name, p in cu.PROFILES.items()}
+    assert knobs == {"smoke": (2, 3.0), "laptop": (10, 45.0), "gpu": (10, 120.0)}  # chapters 07 and 09
 
 
 def test_seed_everything_repeats_random_draws():
@@ -216,3 +219,21 @@ def test_evaluation_helpers_restore_the_training_mode_even_on_an_error(fashion_t
         with pytest.raises((RuntimeError, cu.CourseError), match="broken forward"):
             call()
         assert model.training
+
+
+def test_a_recipe_trains_exactly_like_the_same_settings_by_name(train_part):
+    recipe = cu.Recipe(**cu.RECOMMENDED_TRAINING, epochs=1)
+    by_recipe = cu.fit(small_model(), train_part, None, recipe, device="cpu", progress=False)
+    by_name = cu.fit(small_model(), train_part, epochs=1, device="cpu", progress=False, **cu.RECOMMENDED_TRAINING)
+    assert by_recipe.step_losses == by_name.step_losses
+    overridden = cu.fit(small_model(), train_part, None, recipe, lr=1e-4, device="cpu", progress=False)
+    assert overridden.step_losses[0] == by_recipe.step_losses[0]  # same start: same seed, model and first batch
+    assert overridden.step_losses[-1] > by_recipe.step_losses[-1]  # a 50x smaller learning rate learns less
+    assert recipe.lr == cu.RECOMMENDED_TRAINING["lr"]  # the recipe itself is unchanged (frozen)
+
+
+def test_a_misspelt_setting_names_the_known_ones(train_part):
+    with pytest.raises(cu.CourseError, match=r"Unknown training setting\(s\) 'learning_rate'.*lr.*Check the spelling"):
+        cu.fit(small_model(), train_part, learning_rate=1e-3, device="cpu", progress=False)
+    assert cu.Recipe().replace(epochs=3).epochs == 3
+    assert set(cu.Recipe().step_settings()) <= set(inspect.signature(cu.TrainStep).parameters)
