@@ -95,3 +95,43 @@ def test_every_chapter_is_a_complete_laptop_run_listed_in_the_readme(path):
     assert f"(notebooks/{path.name})" in readme, f"{path.name} is missing from the README's chapter table"
     assert f"blob/main/notebooks/{path.name})" in readme, f"{path.name} has no Colab badge in the README"
 
+
+
+MAX_WORDS_PER_CELL = 300  # one point per markdown cell; CONTRIBUTING asks for about 250
+MAX_OUTPUT_LINE = 150  # characters: a stored output a learner can read without scrolling sideways
+
+
+def reading_problems(nb: dict) -> list[str]:
+    """Return the markdown cells longer than MAX_WORDS_PER_CELL words and the output lines wider than MAX_OUTPUT_LINE."""
+    problems = []
+    for index, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "markdown":
+            words = len("".join(cell["source"]).split())
+            if words > MAX_WORDS_PER_CELL:
+                problems.append(f"cell {index}: {words} words of markdown (at most {MAX_WORDS_PER_CELL}: split it "
+                                f"where the point changes)")
+            continue
+        for output in cell.get("outputs", []):
+            text = "".join(output.get("text", "")) + "".join(output.get("data", {}).get("text/plain", ""))
+            wide = [line for line in text.splitlines() if len(line) > MAX_OUTPUT_LINE]
+            if wide:
+                problems.append(f"cell {index}: an output line of {len(wide[0])} characters ({wide[0][:60]!r}...; "
+                                f"at most {MAX_OUTPUT_LINE}: print fewer columns or wrap it)")
+    return problems
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_markdown_cells_are_short_and_outputs_fit_the_screen(path):
+    problems = reading_problems(json.loads(path.read_text()))
+    assert not problems, f"{path.name}:\n" + "\n".join(problems)
+
+
+def test_the_reading_check_catches_a_wall_of_text_and_a_wide_table():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("word " * 301), nbformat.v4.new_markdown_cell("word " * 300),
+                nbformat.v4.new_code_cell("print(table)", outputs=[
+                    nbformat.v4.new_output("stream", name="stdout", text="x" * 151 + "\nshort\n"),
+                    nbformat.v4.new_output("execute_result", data={"text/plain": "y" * 150})])]
+    problems = reading_problems(json.loads(nbformat.writes(nb)))
+    assert [p.split(":")[0] for p in problems] == ["cell 0", "cell 2"]
+    assert "301 words" in problems[0] and "151 characters" in problems[1]
