@@ -9,7 +9,7 @@
 
 For each seed replica, side by side in one process and on the same images:
 
-* **seed loop**: ``cu.fit_tutorial_style``: PIL images through a DataLoader with the seed's
+* **seed loop**: ``fit_tutorial_style``: PIL images through a DataLoader with the seed's
   torchvision transforms, the seed's batch size, Adam, ``loss.item()`` and a device copy every step;
 * **fit**: ``cu.measure_throughput`` with ``cu.fit``'s defaults (amp, channels_last and fused
   left at "auto": the very step ``fit`` runs) and the seed's optimizer (Adam, lr 1e-3), same
@@ -37,6 +37,7 @@ import sys
 import torch
 
 import course_utils as cu
+from course_utils.chapters._ch05_measurements import fit_tutorial_style
 from _common import (BenchRun, add_run_arguments, apply_tiny, describe_settings, fit_auto_settings, fit_throughput,
                      machine_line, md_table, publish, round_robin, verdict)
 
@@ -85,7 +86,7 @@ def replica_jobs(build, data: cu.ImageData, seed_batch: int, args, device) -> di
 
     epoch_images = data.subset(max(args.images_per_repeat, 2 * seed_batch))
     jobs = {
-        "seed loop": lambda r: cu.fit_tutorial_style(fresh(r), data, seed_batch, epochs=args.repeats,
+        "seed loop": lambda r: fit_tutorial_style(fresh(r), data, seed_batch, epochs=args.repeats,
                                                      warmup=args.warmup, device=device, seed=r,
                                                      max_batches=steps_for(args, seed_batch) + args.warmup),
         "fit": lambda r: fit_step(r, seed_batch),
@@ -215,7 +216,7 @@ def main() -> int:
                        "after untimed warm-up steps; all columns of a table in one process, on the same images, "
                        "measured in turn so that slow drifts of the machine hit all of them alike"),
         "", "Images per second, training only:", "", md_table(rows), "",
-        "* **seed loop**: the tutorial's own loop (`cu.fit_tutorial_style`: PIL images through a DataLoader, "
+        "* **seed loop**: the tutorial's own loop (`fit_tutorial_style`: PIL images through a DataLoader, "
         "`ToTensor`/`Normalize` per image, Adam, `loss.item()` and a device copy every step); "
         "**(waiting for data)** is its share of time spent in the DataLoader.",
         f"* **fit**: `cu.fit`'s training step with its defaults, which chose {auto} here, and the seed's optimizer "

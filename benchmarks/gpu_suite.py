@@ -21,8 +21,8 @@ references then run the same number of training images as the recipe, over more 
 Parts, each under its own time budget (``--budget-s`` shared out; a part that runs long is cut
 between rows and recorded as such), the JSON rewritten atomically after every row:
 
-* ``ladder``: the Paperspace replica on CIFAR-10: the article's own loop (``cu.fit_tutorial_style``),
-  ``cu.fit`` with its defaults, then each recommended setting (``cu.improvement_ladder``: resident
+* ``ladder``: the Paperspace replica on CIFAR-10: the article's own loop (``fit_tutorial_style``),
+  ``cu.fit`` with its defaults, then each recommended setting (``improvement_ladder``: resident
   uint8 data, larger batches, channels_last, bf16, fp16 with a gradient scaler, fused Adam,
   ``torch.compile`` with its compile time apart); target: the best setting >= 10x the article's loop.
 * ``memory``: peak GPU memory of one training step by batch size (``peak_memory_by_batch_size``)
@@ -61,6 +61,7 @@ import torch
 
 import _common
 import course_utils as cu
+from course_utils.chapters._ch05_measurements import fit_tutorial_style, improvement_ladder
 from course_utils import pretrained as pt
 from course_utils.chapters import _ch05_measurements as ch05
 from course_utils.files import atomic_write
@@ -228,7 +229,7 @@ def ladder_part(res: Results, budget: Budget, cfg: dict, device: torch.device) -
     per = cfg["images_per_repeat"]
     budget.check("the article's loop")
     torch.manual_seed(0)
-    article = cu.fit_tutorial_style(cu.PaperspaceAutoencoder(), train, SEED_BATCH, epochs=cfg["repeats"],
+    article = fit_tutorial_style(cu.PaperspaceAutoencoder(), train, SEED_BATCH, epochs=cfg["repeats"],
                                     max_batches=per // SEED_BATCH + 2, warmup=2, device=device)
     res.add_row("ladder", throughput_row(f"article's loop (PIL + DataLoader, batch {SEED_BATCH})", article,
                                          role="baseline"))

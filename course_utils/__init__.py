@@ -75,9 +75,6 @@ from .plots import (plot_comparison, plot_losses, plot_speedups, results_table, 
 
 # --------------------------------------------------------------------------- chapters
 from .chapters._ch04_analysis import code_shape, gradient_energy  # chapters 07 and 08 use them too
-from .chapters._ch05_measurements import (climb_ladder, fit_tutorial_style, gpu_ladder_lessons, gpu_results,
-                                          improvement_ladder, peak_memory_by_batch_size, timed_block,
-                                          tutorial_transform)
 
 __all__ = [
     # errors
@@ -119,7 +116,4 @@ __all__ = [
     "show_reconstructions",
     # chapter 04: bottleneck size (chapters 07 and 08 use these two as well)
     "code_shape", "gradient_energy",
-    # chapter 05: fast training
-    "climb_ladder", "fit_tutorial_style", "gpu_ladder_lessons", "gpu_results", "improvement_ladder",
-    "peak_memory_by_batch_size", "timed_block", "tutorial_transform",
 ]

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import course_utils as cu
+from course_utils.chapters._ch05_measurements import climb_ladder, gpu_ladder_lessons, gpu_results
 from course_utils.chapters import _ch05_measurements as ch05
 from course_utils.chapters.ch01_feature_extractors import Autoencoder, image_loader, train_epoch
 from course_utils.chapters.ch05_fast_training import device_batches, train_epoch_fast
@@ -116,7 +117,7 @@ def test_climb_ladder_keeps_a_change_only_when_faster_in_turns_and_builds_on_wha
 
     changes = [("64", {"batch": 64, "cl": False, "fused": False}), ("256", {"batch": 256}),
                ("fp16", "n/a here: needs CUDA"), ("cl", {"cl": True}), ("fused", {"fused": True})]
-    results, kept = cu.climb_ladder(changes, start, repeats=2, warmup=1, verbose=False)
+    results, kept = climb_ladder(changes, start, repeats=2, warmup=1, verbose=False)
     assert started == [(64, False, False), (256, False, False), (256, True, False), (256, False, True)]
     assert timed[:3] == [(64, False, False)] * 3  # warm-up, then its 2 timed blocks
     assert timed[3:8] == [(256, False, False), (64, False, False), (256, False, False), (64, False, False),
@@ -138,21 +139,21 @@ def test_climb_ladder_reports_a_rung_that_fails_and_lets_a_learner_s_error_throu
             raise cu.CourseError("fix this")
         return lambda: cu.Throughput(10.0, [10.0], 8, 8, 0.8, [])
 
-    results, kept = cu.climb_ladder([("base", {"x": 1}), ("compile", {"broken": True})], start, repeats=1)
+    results, kept = climb_ladder([("base", {"x": 1}), ("compile", {"broken": True})], start, repeats=1)
     assert results["compile"] == "failed here: RuntimeError: no C++ compiler" and kept == {"x": 1}
     assert "compile" in capsys.readouterr().out
     with pytest.raises(cu.CourseError, match="fix this"):
-        cu.climb_ladder([("base", {"x": 1}), ("wrong", {"wrong": True})], start, repeats=1, verbose=False)
+        climb_ladder([("base", {"x": 1}), ("wrong", {"wrong": True})], start, repeats=1, verbose=False)
     with pytest.raises(cu.CourseError):
-        cu.climb_ladder([("base", {"x": 1})], start, repeats=0)
+        climb_ladder([("base", {"x": 1})], start, repeats=0)
 
 
 def test_gpu_ladder_lessons_compare_this_run_s_larger_batch_with_the_rung_before_it():
-    stored = cu.gpu_results()
+    stored = gpu_results()
     here = {"(0) chapter 01's train_epoch": cu.Throughput(50.0, [50.0], 64, 64, 1.3, []),
             "(1) + uint8 on the device": "skipped: for this test",
             "(2) + no .item() per step": cu.Throughput(100.0, [100.0], 64, 640, 6.4, []),
             "(3) + larger batch (256)": cu.Throughput(120.0, [120.0], 256, 2560, 21.0, [])}
-    assert "; 1.20x here (64 => 256 images)." in cu.gpu_ladder_lessons(stored, here)[1]
+    assert "; 1.20x here (64 => 256 images)." in gpu_ladder_lessons(stored, here)[1]
     first = {"(3) + larger batch (256)": here["(3) + larger batch (256)"]}
-    assert " here " not in cu.gpu_ladder_lessons(stored, first)[1]  # nothing before it to compare with
+    assert " here " not in gpu_ladder_lessons(stored, first)[1]  # nothing before it to compare with
