@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 import _common
 import course_utils as cu
-from course_utils.chapters import ch10_distributed as ch10
+from course_utils.chapters import _ch10_launch as ch10
 
 RESULTS = _common.HERE / "results" / "soak_torchrun.jsonl"
 RUN = {"dataset": "fashion-mnist", "latent": 196, "profile": "smoke", "epochs": 1, "test": True, "quiet": True}

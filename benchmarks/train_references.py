@@ -30,6 +30,7 @@ import torch
 import _common
 import course_utils as cu
 from course_utils import pretrained as pt
+from course_utils.chapters import _ch04_analysis as ch04
 from course_utils.files import atomic_write
 
 HERE = Path(__file__).resolve().parent
@@ -140,7 +141,7 @@ def store_reference(name: str, dataset: str, code_size: int, arch: dict, model: 
     val_scores = cu.evaluate(shipped.float(), val, ssim=False)
     check = cu.evaluate(shipped.float(), test.subset(CHECK_IMAGES), ssim=False)  # what tests/test_pretrained.py redoes
     # PCA with as many components as the code has values, fit on the same training images: the linear baseline
-    pca = cu.chapters.ch04_bottleneck_size.pca_curve(train, test, [code_size])[code_size]
+    pca = ch04.pca_curve(train, test, [code_size])[code_size]
     return {
         "name": name, "file": path.name, "sha256": digest, "bytes": path.stat().st_size,
         "dataset": dataset, "code_size": code_size, "architecture": arch,
@@ -299,8 +300,8 @@ def wall_time(row: dict) -> str:
 
 def report() -> str:
     """Return the README's table of the references and the targets met or missed, from the manifest."""
-    uva = cu.chapters.ch04_bottleneck_size.UVA_TUTORIAL9_TEST_MSE
-    versus_uva = cu.chapters.ch04_bottleneck_size.versus_uva
+    uva = ch04.UVA_TUTORIAL9_TEST_MSE
+    versus_uva = ch04.versus_uva
     rows = [pt.pretrained_info(n) for n in pt.pretrained_names()]
     lines = ["| reference | code | bottleneck, width | parameters | batch | augment | epochs | wall time | images/s | "
              "test MSE | PSNR (dB) | SSIM | PCA, same images | UvA (literature) | file |",

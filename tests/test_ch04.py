@@ -12,8 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import course_utils as cu
-from course_utils.chapters.ch04_bottleneck_size import (MASKED, SHIFTED, batches_of, image_edits, plot_versions,
-                                                        reconstruct_in_batches)
+from course_utils.chapters._ch04_analysis import (MASKED, SHIFTED, batches_of, bottleneck_map, code_shape,
+                                                 compression_table, gradient_energy, image_edits, pca_curve,
+                                                 plot_code_size_curve, plot_versions, reconstruct_in_batches,
+                                                 spatial_code_size)
+
+from course_utils.chapters.ch01_feature_extractors import evaluate, image_loader, train_epoch
+from course_utils.chapters.ch04_bottleneck_size import BottleneckAutoencoder, FlatBottleneck, SpatialBottleneck
 
 from conftest import CIFAR_DIR, needs_cifar, needs_fashion, stored_outputs_text
 
@@ -29,7 +34,7 @@ PACK_PCA_FULL_TRAIN = {256: 0.00224, 200: 0.00300}
 
 # --------------------------------------------------------------------------- the chapter's claims
 def test_compression_ratios_and_the_bytes_caveat():
-    table = cu.compression_table((3, 32, 32), CIFAR_SIZES)
+    table = compression_table((3, 32, 32), CIFAR_SIZES)
     assert table["compression ratio"].tolist() == pytest.approx([3072 / k for k in CIFAR_SIZES])
     assert table.loc[256, "compression ratio"] == 12
     # The 1000-value float32 code needs more bytes than the uint8 image it encodes; 200 values do not.
@@ -40,14 +45,14 @@ def test_compression_ratios_and_the_bytes_caveat():
 
 def test_spatial_codes_never_exceed_the_flat_ones_and_barely_change_the_model():
     shape = (3, 32, 32)
-    _, h, w = cu.bottleneck_map(cu.recommended_autoencoder(shape, 256), shape)
-    spatial_sizes = [cu.spatial_code_size(k, h * w) for k in CIFAR_SIZES]
+    _, h, w = bottleneck_map(cu.recommended_autoencoder(shape, 256), shape)
+    spatial_sizes = [spatial_code_size(k, h * w) for k in CIFAR_SIZES]
     flat_params, spatial_params = [], []
     for k, s in zip(CIFAR_SIZES, spatial_sizes):
         assert s <= k and s % (h * w) == 0 and k - s < h * w
         flat, spatial = cu.recommended_autoencoder(shape, k), cu.recommended_autoencoder(shape, s, "spatial")
         assert flat.code_size == k and spatial.code_size == s
-        assert cu.code_shape(spatial, shape) == (s // (h * w), h, w)
+        assert code_shape(spatial, shape) == (s // (h * w), h, w)
         flat_params.append(cu.count_parameters(flat))
         spatial_params.append(cu.count_parameters(spatial))
     assert flat_params == sorted(flat_params) and flat_params[-1] > 3 * flat_params[0]  # Linear layers grow with k
@@ -65,14 +70,14 @@ def test_the_average_of_ambiguous_sharp_images_has_the_lowest_expected_mse_and_i
 
     for sharp in shifts:
         assert (expected_mse(mean) < expected_mse(sharp)).all()
-    assert (cu.gradient_energy(mean) < cu.gradient_energy(image)).all()
+    assert (gradient_energy(mean) < gradient_energy(image)).all()
 
 
 @needs_cifar
 def test_pca_on_the_full_train_split_scores_the_numbers_the_chapter_quotes(cifar_test):
     train = cu.read_pack(CIFAR_DIR / "cifar10" / "train.npz")
     assert len(train) == 50_000 and len(cifar_test) == 10_000
-    curve = cu.pca_curve(train, cifar_test, sorted(QUOTED_PCA_FULL_TRAIN), ssim=False)
+    curve = pca_curve(train, cifar_test, sorted(QUOTED_PCA_FULL_TRAIN), ssim=False)
     for k, quoted in QUOTED_PCA_FULL_TRAIN.items():
         assert round(curve[k]["mse"], 5) == PACK_PCA_FULL_TRAIN[k]
         assert curve[k]["mse"] == pytest.approx(quoted, rel=0.01)  # the quoted numbers, within 1%
@@ -81,17 +86,58 @@ def test_pca_on_the_full_train_split_scores_the_numbers_the_chapter_quotes(cifar
 def test_pca_reconstructions_get_sharper_and_better_with_more_components(cifar_test):
     train = cu.ImageData(cifar_test.images[:4000], cifar_test.labels[:4000], cifar_test.classes)
     test = cu.ImageData(cifar_test.images[4000:4500], cifar_test.labels[4000:4500], cifar_test.classes)
-    curve = cu.pca_curve(train, test, CIFAR_SIZES, ssim=False, keep_reconstructions=500)
+    curve = pca_curve(train, test, CIFAR_SIZES, ssim=False, keep_reconstructions=500)
     mse = [curve[k]["mse"] for k in CIFAR_SIZES]
-    sharpness = [float(cu.gradient_energy(curve[k]["reconstructions"]).mean()) for k in CIFAR_SIZES]
+    sharpness = [float(gradient_energy(curve[k]["reconstructions"]).mean()) for k in CIFAR_SIZES]
     assert mse == sorted(mse, reverse=True)
     assert sharpness == sorted(sharpness)
-    assert sharpness[-1] < float(cu.gradient_energy(test.images).mean()) * 1.001
+    assert sharpness[-1] < float(gradient_energy(test.images).mean()) * 1.001
+
+
+# --------------------------------------------------------------------------- the learner's bottlenecks (#@save cells)
+def test_the_learners_bottlenecks_are_the_design_of_the_cores():
+    features = torch.randn(3, 64, 8, 8)
+    pairs = ((FlatBottleneck(64, 8, 8, 256), cu.models.FlatBottleneck(64, 8, 8, 256)),
+             (SpatialBottleneck(64, 8, 8, 4), cu.models.SpatialBottleneck(64, 8, 8, 4)))
+    for mine, core in pairs:
+        mine.load_state_dict(core.state_dict())  # strict: the same layers under the same names and shapes
+        assert torch.equal(mine(features), core.decode(core.encode(features)))
+        assert mine.code_size == core.code_size == 256
+    assert cu.count_parameters(pairs[0][0]) == 2 * 4096 * 256 + 256 + 4096  # two Linear layers
+    assert cu.count_parameters(pairs[1][0]) == 64 * 4 + 4 + 4 * 64 + 64  # two 1x1 convolutions
+    assert tuple(pairs[1][0].encode(features).shape) == (3, 4, 8, 8)
+
+
+def test_the_bottleneck_autoencoder_puts_either_bottleneck_between_chapter_01s_stages():
+    x = torch.rand(2, 3, 32, 32)
+    flat = BottleneckAutoencoder(FlatBottleneck(64, 8, 8, 200))
+    spatial = BottleneckAutoencoder(SpatialBottleneck(64, 8, 8, 3))
+    assert tuple(flat.encode(x).shape) == (2, 200) and tuple(spatial.encode(x).shape) == (2, 3, 8, 8)
+    for model in (flat, spatial):
+        out = model(x)
+        assert out.shape == x.shape and 0 < out.min() and out.max() < 1  # chapter 01's sigmoid output
+        assert torch.equal(model.decode(model.encode(x)), out)
+        assert bottleneck_map(model, (3, 32, 32)) == (64, 8, 8)
+    assert code_shape(spatial, (3, 32, 32)) == (3, 8, 8)
+    assert cu.count_parameters(flat) - cu.count_parameters(flat.bottleneck) == \
+        cu.count_parameters(spatial) - cu.count_parameters(spatial.bottleneck)  # the same stages around both
+
+
+def test_chapter_01s_loop_trains_the_learners_spatial_autoencoder_on_cifar(cifar_test):
+    torch.manual_seed(0)
+    model = BottleneckAutoencoder(SpatialBottleneck(64, 8, 8, 4))
+    train, test = cifar_test.images[:512], cifar_test.images[512:768]
+    before = evaluate(model, image_loader(test, 128))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(3):
+        losses = train_epoch(model, image_loader(train, 32, shuffle=True), optimizer)
+    assert len(losses) == 16 and losses[-1] < losses[0]
+    assert evaluate(model, image_loader(test, 128)) < 0.6 * before  # it learns, on images it never saw
 
 
 # --------------------------------------------------------------------------- helpers
 def test_compression_table_is_values_over_code_size():
-    table = cu.compression_table((3, 32, 32), [64, 200, 1000])
+    table = compression_table((3, 32, 32), [64, 200, 1000])
     assert list(table.index) == [64, 200, 1000]
     assert table.loc[64, "values per image"] == 3072
     assert table.loc[64, "compression ratio"] == 48.0
@@ -102,23 +148,23 @@ def test_compression_table_is_values_over_code_size():
 
 
 def test_spatial_code_size_rounds_down_to_whole_maps():
-    assert cu.spatial_code_size(200, 16) == 192
-    assert cu.spatial_code_size(256, 16) == 256
-    assert cu.spatial_code_size(1000, 16) == 992
-    assert cu.spatial_code_size(10, 49) == 49  # never less than one channel
+    assert spatial_code_size(200, 16) == 192
+    assert spatial_code_size(256, 16) == 256
+    assert spatial_code_size(1000, 16) == 992
+    assert spatial_code_size(10, 49) == 49  # never less than one channel
     with pytest.raises(cu.CourseError):
-        cu.spatial_code_size(0, 16)
+        spatial_code_size(0, 16)
 
 
 @pytest.mark.parametrize("image_shape", [(3, 32, 32), (1, 28, 28)])
 def test_recommended_model_codes_have_the_requested_sizes(image_shape):
     flat = cu.recommended_autoencoder(image_shape, 200)
-    channels, h, w = cu.bottleneck_map(flat, image_shape)
+    channels, h, w = bottleneck_map(flat, image_shape)
     assert channels > 0 and h * w > 0
-    assert cu.code_shape(flat, image_shape) == (200,)
-    size = cu.spatial_code_size(200, h * w)
+    assert code_shape(flat, image_shape) == (200,)
+    size = spatial_code_size(200, h * w)
     spatial = cu.recommended_autoencoder(image_shape, size, "spatial")
-    shape = cu.code_shape(spatial, image_shape)
+    shape = code_shape(spatial, image_shape)
     assert shape[1:] == (h, w) and shape[0] * h * w == size == spatial.code_size
     assert flat.training and spatial.training  # probing shapes leaves the training mode alone
 
@@ -137,7 +183,7 @@ def test_pca_curve_is_exact_pca_and_agrees_with_pca_baseline_on_cifar(cifar_smal
     from sklearn.decomposition import PCA
 
     train, test = cifar_small  # 1,600 images < 3,072 values: the Gram-matrix branch
-    curve = cu.pca_curve(train, test, [16, 200, 1500], keep_reconstructions=4)
+    curve = pca_curve(train, test, [16, 200, 1500], keep_reconstructions=4)
     x = train.images.flatten(1).numpy().astype(np.float32) / 255
     x_test = test.images.flatten(1).numpy().astype(np.float32) / 255
     for k in (16, 200, 1500):
@@ -158,7 +204,7 @@ def test_pca_curve_is_exact_pca_and_agrees_with_pca_baseline_on_cifar(cifar_smal
 
 def test_pca_curve_matches_pca_baseline_on_fashion_mnist(fashion_test):
     train, test = _split(fashion_test, 0, 2000), _split(fashion_test, 2000, 2300)
-    curve = cu.pca_curve(train, test, [8, 64], ssim=False)  # 2,000 images > 784 pixels: covariance branch
+    curve = pca_curve(train, test, [8, 64], ssim=False)  # 2,000 images > 784 pixels: covariance branch
     for k in (8, 64):
         assert curve[k]["mse"] == pytest.approx(cu.pca_baseline(train, test, k)["mse"], rel=2e-3)
     assert "ssim" not in curve[8]
@@ -167,22 +213,22 @@ def test_pca_curve_matches_pca_baseline_on_fashion_mnist(fashion_test):
 def test_pca_curve_refuses_impossible_sizes(cifar_small):
     train, test = cifar_small
     with pytest.raises(cu.CourseError, match="n_components"):
-        cu.pca_curve(train, test, [len(train) + 1])
+        pca_curve(train, test, [len(train) + 1])
 
 
 def test_gradient_energy_drops_when_real_images_are_blurred(cifar_test):
     images = cifar_test.images[:64]
-    sharp = cu.gradient_energy(images)
+    sharp = gradient_energy(images)
     blurred = F.interpolate(F.avg_pool2d(cu.to_float(images), 4), scale_factor=4, mode="bilinear")
     assert sharp.shape == (64,)
-    assert (cu.gradient_energy(blurred) < sharp).float().mean() > 0.95
-    assert torch.allclose(cu.gradient_energy(images.float() / 255), sharp)  # uint8 is scaled to [0, 1]
-    assert cu.gradient_energy(torch.full((2, 3, 8, 8), 0.5)).abs().max() == 0
+    assert (gradient_energy(blurred) < sharp).float().mean() > 0.95
+    assert torch.allclose(gradient_energy(images.float() / 255), sharp)  # uint8 is scaled to [0, 1]
+    assert gradient_energy(torch.full((2, 3, 8, 8), 0.5)).abs().max() == 0
 
 
 def test_plot_code_size_curve_draws_two_log_panels():
     curve = {k: {"mse": 1 / k, "psnr": 10 + k / 100} for k in (64, 256, 1000)}
-    fig = cu.plot_code_size_curve({"AE": curve, "PCA": curve}, title="t", image_values=3072)
+    fig = plot_code_size_curve({"AE": curve, "PCA": curve}, title="t", image_values=3072)
     mse_ax, psnr_ax = fig.axes[:2]
     assert mse_ax.get_xscale() == "log" and psnr_ax.get_xscale() == "log" and mse_ax.get_yscale() == "log"
     assert "code size" in mse_ax.get_xlabel() and "MSE" in mse_ax.get_ylabel() and "PSNR" in psnr_ax.get_ylabel()
@@ -323,13 +369,13 @@ def test_stored_notebook_is_a_clean_laptop_run_of_the_required_sweep():
     sources = "\n".join("".join(c["source"]) for c in code)
     assert "CIFAR_SIZES = [64, 128, 200, 256, 384, 1000]" in sources
     assert "cu.recommended_autoencoder" in sources and "cu.RECOMMENDED_TRAINING" in sources
-    assert "cu.pca_baseline" in sources and "cu.pca_curve" in sources
+    assert "cu.pca_baseline" in sources and "pca_curve(" in sources
     checked = [c for c in code if "".join(c["source"]).startswith("# NBVAL_CHECK_OUTPUT")]
     assert len(checked) >= 3
 
 
 def test_reference_comparison_reads_the_manifest_and_divides_by_pca_and_uva():
-    from course_utils.chapters.ch04_bottleneck_size import UVA_TUTORIAL9_TEST_MSE, reference_comparison
+    from course_utils.chapters._ch04_analysis import UVA_TUTORIAL9_TEST_MSE, reference_comparison
 
     table = reference_comparison([64, 128, 256, 384, 999], "cifar10")
     assert table.loc[999, "reference"] == "not present" and np.isnan(table.loc[999, "reference MSE"])
@@ -344,7 +390,7 @@ def test_reference_comparison_reads_the_manifest_and_divides_by_pca_and_uva():
 
 
 def test_uva_numbers_are_read_precisely_and_close_results_are_called_ties():
-    from course_utils.chapters.ch04_bottleneck_size import UVA_TUTORIAL9_TEST_MSE, versus_uva
+    from course_utils.chapters._ch04_analysis import UVA_TUTORIAL9_TEST_MSE, versus_uva
 
     # summed squared errors per image on [-1, 1], read from UvA's plot, as per-pixel MSE on [0, 1]
     assert {k: round(v, 6) for k, v in UVA_TUTORIAL9_TEST_MSE.items()} == {64: 0.007088, 128: 0.004085,

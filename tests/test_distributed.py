@@ -25,7 +25,9 @@ import torch
 
 import course_utils as cu
 from course_utils import training
-from course_utils.chapters import ch10_distributed as ch10
+from course_utils.chapters import _ch10_launch as ch10
+from course_utils.chapters.ch01_feature_extractors import Autoencoder
+from course_utils.chapters.ch10_distributed import scaled_lr, train_data_parallel
 from course_utils.engine import DataParallel
 from conftest import needs_fashion
 
@@ -281,10 +283,35 @@ def test_one_process_trains_on_uint8_batches_from_a_memory_mapped_array(tmp_path
 
 
 def test_scaled_lr_follows_the_two_rules():
-    assert ch10.scaled_lr(0.1, 256, 8192) == pytest.approx(3.2)  # Goyal et al.: 0.1 per 256 images, x32
-    assert ch10.scaled_lr(1e-3, 32, 128, "sqrt") == pytest.approx(2e-3)
-    with pytest.raises(cu.CourseError, match="Unknown scaling rule"):
-        ch10.scaled_lr(1e-3, 32, 64, "cubic")
+    assert scaled_lr(0.1, 256, 8192) == pytest.approx(3.2)  # Goyal et al.: 0.1 per 256 images, x32
+    assert scaled_lr(1e-3, 32, 128, "sqrt") == pytest.approx(2e-3)
+    with pytest.raises(ValueError, match="Unknown scaling rule"):
+        scaled_lr(1e-3, 32, 64, "cubic")
+
+
+def test_the_learners_data_parallel_worker_takes_the_steps_of_one_process(launch):
+    # Chapter 10's #@save worker (process group, DistributedSampler, DDP around chapter 01's model and loop):
+    # 2 processes on half of each global batch end with the weights of 1 process on the whole batches.
+    images = launch.data.images[:128]
+    runs = {w: ch10.spawn_workers(train_data_parallel, w, images, 2, 32, 1e-3) for w in (1, 2)}
+    assert len(runs[1]["losses"]) == len(runs[2]["losses"]) == 2 * 128 // 32
+    assert runs[1]["weights"].keys() == runs[2]["weights"].keys()
+    for name, weight in runs[1]["weights"].items():
+        torch.testing.assert_close(runs[2]["weights"][name], weight)  # float32: rtol 1.3e-6, atol 1e-5
+    torch.manual_seed(0)
+    untrained = {k: v.clone() for k, v in Autoencoder().state_dict().items()}  # the worker's initial weights
+    assert any((untrained[k] - v).abs().max() > 1e-3 for k, v in runs[2]["weights"].items())  # it trained
+
+
+def test_spawn_workers_refuses_a_function_a_new_process_cannot_import():
+    def worker(rank, world_size, port, out):
+        pass
+
+    worker.__module__ = "__main__"  # as a function defined in a notebook cell is
+    with pytest.raises(cu.CourseError, match="defined in this notebook.*#@save"):
+        ch10.spawn_workers(worker, 2)
+    with pytest.raises(cu.CourseError, match="world_size must be at least 1"):
+        ch10.spawn_workers(train_data_parallel, 0)
 
 
 def test_the_script_runs_alone_without_torchrun(launch, tmp_path, one_thread):

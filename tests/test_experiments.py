@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import course_utils as cu
+from course_utils.chapters._ch04_analysis import pca_curve
 
 
 def _tiny(latent: int = 16, bottleneck: str = "flat") -> cu.ConvAutoencoder:
@@ -91,4 +92,4 @@ def test_pca_counts_its_parameters_one_way_everywhere(fashion_test):
     assert cu.pca_parameters(256, (3, 32, 32)) == 256 * 3072 + 3072
     train, test = fashion_test.subset(600), fashion_test.subset(100, seed=1)
     assert cu.pca_baseline(train, test, 8)["parameters"] == cu.pca_parameters(8, (1, 28, 28))
-    assert cu.pca_curve(train, test, [4, 8], ssim=False)[8]["parameters"] == cu.pca_parameters(8, (1, 28, 28))
+    assert pca_curve(train, test, [4, 8], ssim=False)[8]["parameters"] == cu.pca_parameters(8, (1, 28, 28))

@@ -7,6 +7,8 @@ import torch
 
 import course_utils as cu
 from course_utils import training
+from course_utils.chapters import _ch03_comparison as ch03_comparison
+from course_utils.chapters import _ch04_analysis as ch04
 
 from conftest import needs_cifar, needs_fashion
 
@@ -178,14 +180,14 @@ def test_a_flat_folder_of_photos_loads_as_one_class(tmp_path, isolated_root):
     (lambda: cu.conv_transpose_output_size(7, 5, 2, 9, 0), r"padding=9 crops more than .* use a smaller padding"),
     (lambda: cu.conv_transpose_output_size(7, 5, 2, 2, 3), r"output_padding must be .* smaller than the stride \(2\)"),
     (lambda: cu.conv_output_size(3, 7, 1, 0), r"A 7x7 kernel does not fit in 3 pixels with padding 0"),
-    (lambda: cu.compression_table((3, 32, 32), [0]), r"Code sizes must be positive"),
+    (lambda: ch04.compression_table((3, 32, 32), [0]), r"Code sizes must be positive"),
     (lambda: cu.layer_table(cu.KapilshAutoencoder(), (3, 28, 28)),
      r"KapilshAutoencoder cannot take an input of shape \(3, 28, 28\).*\(channels, height, width\)"),
-    (lambda: cu.overlap_map(0, stride=3, size=8), r"use kernel_size >= stride"),
-    (lambda: cu.grid_contrast(cu.overlap_map(4, stride=3, size=8), period=3, border=60), r"at least 2 periods wide"),
-    (lambda: cu.spatial_code_size(0, 64), r"must be positive"),
+    (lambda: cu.transposed_padding(0, stride=3), r"use kernel_size >= stride"),
+    (lambda: ch03_comparison.grid_contrast(torch.ones(24, 24), period=3, border=60), r"at least 2 periods wide"),
+    (lambda: ch04.spatial_code_size(0, 64), r"must be positive"),
 ], ids=["transposed-padding-too-big", "output-padding-too-big", "kernel-larger-than-input", "code-size-0",
-        "layer-table-wrong-channels", "overlap-kernel-0", "grid-border-too-wide", "spatial-code-0"])
+        "layer-table-wrong-channels", "padding-kernel-0", "grid-border-too-wide", "spatial-code-0"])
 def test_exercise_checks_called_with_a_wrong_answer_explain_themselves(check, message):
     """The exercises' self-check calls, given a wrong or impossible answer: one clear message, not a traceback."""
     with pytest.raises(cu.CourseError, match=message):

@@ -1,4 +1,4 @@
-"""Chapter 04's exercises: bytes of a code, a flat bottleneck, PCA by hand."""
+"""Chapter 04's exercises: bytes of a code, a cheaper flat bottleneck, PCA by hand."""
 from __future__ import annotations
 
 import math
@@ -28,46 +28,75 @@ def _check_compression(answer) -> str | None:
     return None
 
 
-# --------------------------------------------------------------------------- 04.2 a flat bottleneck
-class FlatBottleneck(nn.Module):
-    """Turn a feature map of shape (C, H, W) into a flat code of `code` values and back."""
+# --------------------------------------------------------------------------- 04.2 a cheaper flat bottleneck
+class SqueezedFlatBottleneck(nn.Module):
+    """Squeeze a feature map's channels with a 1x1 convolution, then flatten it into code_size values; and back."""
 
-    def __init__(self, feature_shape: tuple[int, int, int] = (64, 8, 8), code: int = 256):
+    def __init__(self, channels: int = 64, height: int = 8, width: int = 8, code_size: int = 256,
+                 squeezed_channels: int = 8):
         super().__init__()
-        values = math.prod(feature_shape)
-        self.encode = nn.Sequential(nn.Flatten(), nn.Linear(values, code))  # 64x8x8 => 4,096 => 256
-        self.decode = nn.Sequential(nn.Linear(code, values), nn.Unflatten(1, feature_shape))  # 256 => 64x8x8
+        values = squeezed_channels * height * width  # 8 x 8 x 8 = 512
+        self.encode = nn.Sequential(
+            nn.Conv2d(channels, squeezed_channels, 1),  # 64x8x8 => 8x8x8
+            nn.Flatten(),  # 8x8x8 => 512
+            nn.Linear(values, code_size),  # 512 => 256
+        )
+        self.decode = nn.Sequential(
+            nn.Linear(code_size, values), nn.ReLU(),  # 256 => 512
+            nn.Unflatten(1, (squeezed_channels, height, width)),  # 512 => 8x8x8
+            nn.Conv2d(squeezed_channels, channels, 1), nn.ReLU(),  # 8x8x8 => 64x8x8
+        )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(features))
 
 
-class _NoWayBack(nn.Module):  # a typical wrong answer: decodes to a flat vector, not to the map
-    def __init__(self, feature_shape=(64, 8, 8), code=256):
+def squeezed_parameters(channels: int, height: int, width: int, code_size: int, squeezed: int) -> int:
+    """Return the parameters of SqueezedFlatBottleneck: two 1x1 convolutions and two Linear layers."""
+    values = squeezed * height * width
+    return ((channels * squeezed + squeezed) + (values * code_size + code_size)
+            + (code_size * values + values) + (squeezed * channels + channels))
+
+
+class _NoWayBack(nn.Module):  # a typical wrong answer: decodes to the squeezed map, not to the encoder's channels
+    def __init__(self, channels=64, height=8, width=8, code_size=256, squeezed_channels=8):
         super().__init__()
-        values = math.prod(feature_shape)
-        self.encode = nn.Sequential(nn.Flatten(), nn.Linear(values, code))
-        self.decode = nn.Linear(code, values)
+        values = squeezed_channels * height * width
+        self.encode = nn.Sequential(nn.Conv2d(channels, squeezed_channels, 1), nn.Flatten(),
+                                    nn.Linear(values, code_size))
+        self.decode = nn.Sequential(nn.Linear(code_size, values), nn.ReLU(),
+                                    nn.Unflatten(1, (squeezed_channels, height, width)))
 
     def forward(self, features):
         return self.decode(self.encode(features))
 
 
-@exercise("04.2", "a flat bottleneck", solution=FlatBottleneck, wrong=[_NoWayBack],
-          hint="encode: nn.Flatten() then nn.Linear(C*H*W, code); decode: nn.Linear(code, C*H*W) then "
-               "nn.Unflatten(1, (C, H, W)), so the decoder's convolutions get their map back")
-def _check_flat_bottleneck(answer) -> str | None:
-    model = answer((64, 8, 8), 256)
-    x = torch.randn(3, 64, 8, 8)
-    code = model.encode(x)
-    if tuple(code.shape) != (3, 256):
-        return f"encode turned a batch of 3 maps of 64x8x8 into shape {tuple(code.shape)}, not (3, 256)"
-    out = model(x)
-    if tuple(out.shape) != (3, 64, 8, 8):
-        return f"the output has shape {tuple(out.shape)}, not the input's (3, 64, 8, 8)"
-    count = sum(p.numel() for p in model.parameters())
-    if count != 2 * 4096 * 256 + 256 + 4096:
-        return f"it holds {count:,} parameters; two Linear layers between 4,096 and 256 values hold 2,101,504"
+class _ThreeByThree(SqueezedFlatBottleneck):  # a typical wrong answer: 3x3 convolutions, 9x the squeeze's weights
+    def __init__(self, channels=64, height=8, width=8, code_size=256, squeezed_channels=8):
+        super().__init__(channels, height, width, code_size, squeezed_channels)
+        self.encode[0] = nn.Conv2d(channels, squeezed_channels, 3, padding=1)
+        self.decode[3] = nn.Conv2d(squeezed_channels, channels, 3, padding=1)
+
+
+@exercise("04.2", "a cheaper flat bottleneck", solution=SqueezedFlatBottleneck, wrong=[_NoWayBack, _ThreeByThree],
+          hint="encode: nn.Conv2d(channels, squeezed_channels, 1), nn.Flatten(), nn.Linear(squeezed*H*W, code_size); "
+               "decode: nn.Linear(code_size, squeezed*H*W), nn.ReLU(), nn.Unflatten(1, (squeezed, H, W)), "
+               "nn.Conv2d(squeezed_channels, channels, 1), nn.ReLU()")
+def _check_squeezed_bottleneck(answer) -> str | None:
+    for channels, height, width, code, squeezed in [(64, 8, 8, 256, 8), (32, 7, 7, 49, 4)]:
+        model = answer(channels, height, width, code, squeezed)
+        x = torch.randn(3, channels, height, width)
+        got = tuple(model.encode(x).shape)
+        if got != (3, code):
+            return f"encode turned a batch of 3 maps of {channels}x{height}x{width} into shape {got}, not (3, {code})"
+        out = tuple(model(x).shape)
+        if out != (3, channels, height, width):
+            return f"the output has shape {out}, not the input's (3, {channels}, {height}, {width})"
+        count, truth = sum(p.numel() for p in model.parameters()), squeezed_parameters(channels, height, width,
+                                                                                       code, squeezed)
+        if count != truth:
+            return (f"for a {channels}x{height}x{width} map, a {code}-value code and {squeezed} squeezed channels it "
+                    f"holds {count:,} parameters, not {truth:,} (two 1x1 convolutions and two Linear layers)")
     return None
 
 
