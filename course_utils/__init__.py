@@ -39,6 +39,10 @@ Chapter-only helpers, one module per chapter (``course_utils.chapters``):
 - ``ch08_latent_space``: generated from the notebook: the learner's encoding, neighbours and precision@k,
   interpolation, decoding and random codes.
 - ``_ch08_analysis``: the chapter's models, 2-D maps, the linear probe's regularisation path, round trips, figures.
+- ``ch09_your_own_images``: generated from the notebook: the learner's folder reader (``read_image_folder``,
+  ``PictureFolder``), ``split_train_val``, ``hold_out`` and ``Code100Autoencoder``.
+- ``_ch09_materials``: the sample-photo folder and its credits, the PNG folder, the image-size table, optional
+  datasets, the cost of a training step.
 - ``ch10_distributed``: generated from the notebook: the learner's ``scaled_lr`` and ``train_data_parallel``.
 - ``_ch10_launch``: a worker on N processes, ``python -m course_utils.train`` under torchrun, all-reduce.
 

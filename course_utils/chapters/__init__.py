@@ -18,6 +18,10 @@
   with ``ch05_`` because ``tools/save_cells.py`` writes a chapter's saved cells into its one ``chNN_*.py`` module.
 - ``ch07_anomaly_detection``: generated from the notebook: the learner's anomaly score, ROC-AUC and threshold.
 - ``_ch07_experiments``: chapter 07's one-class runs beside PCA, checked AUCs, bootstrap, tables, OOD inputs, figures.
+- ``ch09_your_own_images``: generated from the notebook's ``#@save`` cells: ``center_square``, ``read_image_folder``,
+  ``PictureFolder``, ``split_train_val``, ``hold_out``, ``Code100Autoencoder``.
+- ``_ch09_materials``: chapter 09's hand-written plumbing: sample photos and credits, the PNG folder, the image-size
+  table, optional datasets, the cost of a training step.
 
 The core modules (``course_utils.data``, ``models``, ``engine``, ``training``, ...) hold what
 several chapters use; a helper moves down into the core as soon as a second chapter needs it.

@@ -114,7 +114,7 @@ def activation_values(model: nn.Module, image_shape) -> int:
 
 
 def size_model(size: int, channels: int = 3, compression: int = COMPRESSION) -> ConvAutoencoder:
-    """Return the recommended autoencoder for ``size`` x ``size`` images with a code of 1/``compression`` of the values."""
+    """Return the recommended autoencoder for ``size`` x ``size`` images, its code 1/``compression`` of the values."""
     return recommended_autoencoder((channels, size, size), channels * size * size // compression)
 
 

@@ -49,7 +49,8 @@ def _floats(folder, size):  # a typical wrong answer: values in [0, 1] as float3
 
 @exercise("09.1", "a grey folder reader", solution=read_grey_folder, wrong=[_stretched, _floats],
           hint="resize the shorter side to size and keep the centre square (center_square from section 2), "
-               "convert to grey with .convert('L'), keep uint8 (pil_to_tensor, no /255), and stack to N x 1 x size x size")
+               "convert to grey with .convert('L'), keep uint8 (pil_to_tensor, no /255), "
+               "and stack to N x 1 x size x size")
 def _check_grey_folder(answer) -> str | None:
     from ..data import load_image_folder
     with tempfile.TemporaryDirectory() as tmp:
