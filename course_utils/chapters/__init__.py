@@ -22,6 +22,9 @@
   ``PictureFolder``, ``split_train_val``, ``hold_out``, ``Code100Autoencoder``.
 - ``_ch09_materials``: chapter 09's hand-written plumbing: sample photos and credits, the PNG folder, the image-size
   table, optional datasets, the cost of a training step.
+- ``ch12_vae``: generated from the notebook's ``#@save`` cells: the learner's VAE on chapter 01's ``Encoder`` and
+  ``Decoder``, ``reparameterise``, ``kl_to_standard_normal``, ``gaussian_nll``, ``vae_loss``, ``train_epoch_vae``,
+  ``evaluate_vae``, ``dequantise``, ``bits_per_dim``.
 
 The core modules (``course_utils.data``, ``models``, ``engine``, ``training``, ...) hold what
 several chapters use; a helper moves down into the core as soon as a second chapter needs it.
