@@ -90,6 +90,8 @@ def run(path: Path, profile: str, write: bool, timeout: int) -> dict:
     """Execute one notebook in ``profile``; return its timing record."""
     nb = nbformat.read(path, as_version=4)
     os.environ["COURSE_PROFILE"] = profile
+    if write:  # a stored notebook shows its figures: matplotlib's inline backend, not a file backend such as Agg
+        os.environ.pop("MPLBACKEND", None)
     client = TimedClient(nb, timeout=timeout, kernel_name="python3",
                          resources={"metadata": {"path": str(path.parent)}})
     t0 = time.perf_counter()

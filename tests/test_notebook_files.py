@@ -87,6 +87,8 @@ def test_every_chapter_is_a_complete_laptop_run_listed_in_the_readme(path):
         f"{path.name}: not executed top to bottom in one run (execution counts {counts[:5]}...)"
     outputs = [o for c in code for o in c.get("outputs", [])]
     assert not [o for o in outputs if o["output_type"] == "error"], f"{path.name}: an error is stored"
+    figures = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert figures, f"{path.name}: no figure stored (stored with MPLBACKEND=Agg? run_notebooks.py --write unsets it)"
     printed = "".join("".join(o.get("text", "")) for o in outputs)
     assert "profile=laptop" in printed, f"{path.name}: not stored from the laptop profile"
     prose = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
