@@ -63,7 +63,8 @@ def module_text(notebook_path: Path) -> str | None:
     cells = saved_cells(notebook)
     if not cells:
         return None
-    title = f"Chapter {notebook_path.name[:2]}'s code, as its notebook teaches it: {notebook_title(notebook)}."
+    name = notebook_title(notebook)
+    title = f"Chapter {notebook_path.name[:2]}'s code, as its notebook teaches it: {name}" + ("" if name[-1] in ".?!" else ".")
     header = HEADER.format(title=title, notebook=notebook_path.name, marker=MARKER)
     return header + "".join(f"\n\n{cell}\n" for cell in cells)
 
