@@ -293,7 +293,7 @@ def test_the_learners_data_parallel_worker_takes_the_steps_of_one_process(launch
     # Chapter 10's #@save worker (process group, DistributedSampler, DDP around chapter 01's model and loop):
     # 2 processes on half of each global batch end with the weights of 1 process on the whole batches.
     images = launch.data.images[:128]
-    runs = {w: ch10.spawn_workers(train_data_parallel, w, images, 2, 32, 1e-3) for w in (1, 2)}
+    runs = {w: ch10.spawn_workers(train_data_parallel, w, images, 2, 32, 0.05) for w in (1, 2)}
     assert len(runs[1]["losses"]) == len(runs[2]["losses"]) == 2 * 128 // 32
     assert runs[1]["weights"].keys() == runs[2]["weights"].keys()
     for name, weight in runs[1]["weights"].items():

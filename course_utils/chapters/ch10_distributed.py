@@ -37,7 +37,7 @@ def train_data_parallel(rank: int, world_size: int, port: int, images: torch.Ten
     dataset = TensorDataset(images.float() / 255)  # N x 1 x 28 x 28, 0..255 => 0..1
     sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=0)  # 2. this process's share
     loader = DataLoader(dataset, batch_size=global_batch // world_size, sampler=sampler)  # its slice per step
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)  # SGD: see the text below
     losses = []
     for epoch in range(epochs):
         sampler.set_epoch(epoch)  # a new order each epoch, the same on every process
