@@ -77,9 +77,6 @@ from .exercises import check_answer, show_solution
 from .plots import (plot_comparison, plot_losses, plot_speedups, results_table, show_feature_maps, show_images,
                     show_reconstructions)
 
-# --------------------------------------------------------------------------- chapters
-from .chapters._ch04_analysis import code_shape, gradient_energy  # chapters 07 and 08 use them too
-
 __all__ = [
     # errors
     "CheckpointError", "CorruptPackError", "CourseError", "DataNotFoundError", "LearnedNothingWarning",
@@ -118,6 +115,4 @@ __all__ = [
     # plots
     "plot_comparison", "plot_losses", "plot_speedups", "results_table", "show_feature_maps", "show_images",
     "show_reconstructions",
-    # chapter 04: bottleneck size (chapters 07 and 08 use these two as well)
-    "code_shape", "gradient_energy",
 ]

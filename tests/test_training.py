@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import course_utils as cu
+from course_utils.chapters._ch04_analysis import code_shape
 
 
 def small_model() -> cu.ConvAutoencoder:
@@ -214,7 +215,7 @@ def test_evaluation_helpers_restore_the_training_mode_even_on_an_error(fashion_t
     calls = [lambda: cu.evaluate(model, images), lambda: cu.reconstruct(model, images),
              lambda: cu.embed_images(model, images), lambda: cu.code_size(model, images),
              lambda: cu.layer_table(model, (1, 28, 28)), lambda: cu.feature_maps(model, cu.to_float(images)),
-             lambda: cu.code_shape(model, (1, 28, 28))]
+             lambda: code_shape(model, (1, 28, 28))]
     for call in calls:  # some helpers first check the model fits the images, and say so in a CourseError
         with pytest.raises((RuntimeError, cu.CourseError), match="broken forward"):
             call()
