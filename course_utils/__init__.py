@@ -69,9 +69,9 @@ from .metrics import (accuracy, embed_images, evaluate, fit_pca, pca_baseline, p
                       pca_reconstruct, per_image_errors, psnr_from_mse, reconstruct)
 from .training import (History, Recipe, fit, fit_classifier, fit_with_batch_fallback, load_checkpoint, save_checkpoint,
                        sharded_loader)
-from .pretrained import PretrainedError, has_pretrained, load_or_train, load_pretrained, pretrained_info, pretrained_names
+from .pretrained import has_pretrained, load_or_train, load_pretrained, pretrained_info, pretrained_names
 from .layers import feature_maps, flops_per_image, layer_table, receptive_field
-from .timing import Throughput, TimedSteps, interleave, matmul_flops, measure_throughput, speedup_table, training_flops
+from .timing import Throughput, interleave, matmul_flops, measure_throughput, speedup_table
 from .experiments import Comparison, code_size, compare_models, sweep_code_sizes
 from .exercises import check_answer, show_solution
 from .plots import (plot_comparison, plot_losses, plot_speedups, results_table, show_feature_maps, show_images,
@@ -103,11 +103,11 @@ __all__ = [
     "History", "Recipe", "fit", "fit_classifier", "fit_with_batch_fallback", "load_checkpoint", "save_checkpoint",
     "sharded_loader",
     # pretrained
-    "PretrainedError", "has_pretrained", "load_or_train", "load_pretrained", "pretrained_info", "pretrained_names",
+    "has_pretrained", "load_or_train", "load_pretrained", "pretrained_info", "pretrained_names",
     # layers
     "feature_maps", "flops_per_image", "layer_table", "receptive_field",
     # timing
-    "Throughput", "TimedSteps", "interleave", "matmul_flops", "measure_throughput", "speedup_table", "training_flops",
+    "Throughput", "interleave", "matmul_flops", "measure_throughput", "speedup_table",
     # exercises
     "check_answer", "show_solution",
     # experiments

@@ -98,3 +98,13 @@ def test_the_rule_catches_a_core_module_that_imports_a_chapter():
     assert chapter_number("course_utils.chapters.ch10_distributed") == 10
     assert chapter_number("course_utils.exercises.ch04") == 4
     assert chapter_number("course_utils.metrics") is None
+
+
+def test_cu_exports_only_the_core():
+    import course_utils as cu
+
+    assert len(set(cu.__all__)) == len(cu.__all__), "a name is listed twice in cu.__all__"
+    from_chapters = [name for name in cu.__all__
+                     if getattr(getattr(cu, name), "__module__", "").startswith("course_utils.chapters")]
+    assert not from_chapters, (f"cu re-exports chapter code {from_chapters}: a notebook imports what a chapter "
+                               f"wrote from that chapter's module, by name")
