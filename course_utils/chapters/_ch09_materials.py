@@ -45,8 +45,6 @@ GREY_PHOTOS = ("camera.png", "coins.png", "brick.png", "grass.png", "gravel.png"
 TEST_PHOTOS = ("coffee.png", "flower.jpg")  # held out: the patches of these two photos are the test split
 SIZES = (32, 64, 96)  # image sides compared in section 6
 COMPRESSION = 12  # the course's recommended code at 32x32 (256 values of 3,072), kept at every size
-# seconds of training the anothertechs replica gets in section 7.2 (one step takes seconds on a CPU)
-BUDGET_SECONDS = {"smoke": 3, "laptop": 45, "gpu": 120}
 
 
 def sample_photo_path(name: str) -> Path:
