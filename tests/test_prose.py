@@ -89,6 +89,37 @@ def quoted_numbers(markdown: str) -> list[str]:
     return found
 
 
+_RATIO = re.compile(r"\s?(?:x\b|×|times\b)")  # "1.93x", "1.93 ×", "1.8 times"
+_RATIO_HEADER = re.compile(r" / |\bratio\b|\btimes\b|×|\bx [A-Za-z]")  # a table column of ratios: "AE / PCA"
+
+
+def quoted_ratios(markdown: str) -> set[str]:
+    """Return the quoted numbers that the prose calls a ratio ("1.93x", "1.8 times"): a ratio must be printed as one."""
+    ratios = set()
+    for unit in _units(_NOT_MEASURED.sub(" ", _SKIP.sub(" ", markdown))):
+        text = _EXTERNAL_LINK.sub("]", unit)
+        ratios |= {m.group(0) for m in _PROSE_NUMBER.finditer(text) if m.group(2) and _RATIO.match(text[m.end():])}
+    return ratios
+
+
+def printed_ratios(nb: dict) -> set[str]:
+    """Return the numbers the outputs print as ratios: followed by x, × or "times", or in a table of ratios."""
+    found = set()
+    for cell in nb["cells"]:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            text = "".join(output.get("text", ""))
+            if not any(mime.startswith("image/") for mime in data):
+                text += "".join(data.get("text/plain", ""))
+            header = "\n".join(text.splitlines()[:2])
+            numbers = list(_PRINTED_NUMBER.finditer(text))
+            if _RATIO_HEADER.search(header):  # a table whose columns are ratios ("flat AE / PCA (MSE)")
+                found |= {m.group(0) for m in numbers}
+            else:
+                found |= {m.group(0) for m in numbers if _RATIO.match(text[m.end():])}
+    return found
+
+
 def printed_numbers(nb: dict, percentages: bool = False) -> set[str]:
     """Return every number a notebook's stored outputs print: stream text, and each result's or bar's text/plain.
 
@@ -139,14 +170,18 @@ def is_printed(quoted: str, printed: set[str]) -> bool:
 def unprinted_numbers(nb: dict, allowed: dict[str, str] | None = None) -> list[tuple[int, str]]:
     """Return (cell index, number) for each measured-looking number in the prose that no stored output prints."""
     printed, percentages, allowed = printed_numbers(nb), printed_numbers(nb, percentages=True), allowed or {}
+    ratios = printed_ratios(nb)
     missing = []
     for index, cell in enumerate(nb["cells"]):
         if cell["cell_type"] != "markdown":
             continue
+        called_ratios = quoted_ratios("".join(cell["source"]))
         for quoted in quoted_numbers("".join(cell["source"])):
             number = quoted.removesuffix("%")
             # A whole-number percentage ("11%") would match any printed 11 (a layer index, a size): it needs a % nearby.
             candidates = percentages if quoted.endswith("%") and "." not in number else printed
+            # A ratio ("1.00x the one-thread rate") must be printed as a ratio, not match any printed 1.00.
+            candidates = ratios if quoted in called_ratios else candidates
             if quoted not in allowed and not is_printed(number, candidates):
                 missing.append((index, quoted))
     return missing
@@ -185,6 +220,15 @@ def test_the_issues_mismatches_are_caught():
     nb = _notebook("nearest + conv: 20.7, 19.7 and 21.0 dB between seeds", "nearest 20.6921 dB\n")
     assert unprinted_numbers(nb) == [(0, "19.7"), (0, "21.0")]
     assert quoted_numbers("trained at about 2,700 img/s; 12,000 training images; 27.1 % of them") == ["2,700", "27.1%"]
+
+
+def test_a_ratio_must_be_printed_as_a_ratio():
+    # "1.00x the one-thread rate" where the run printed 0.69x: a printed 1.00 elsewhere does not back it
+    nb = _notebook("Two threads ran at 1.00x the one-thread rate.", "threads: 0.69x; loss 1.00\n")
+    assert unprinted_numbers(nb) == [(0, "1.00")]
+    assert unprinted_numbers(_notebook("It ran at 0.69x.", "threads: 0.69x; loss 1.00\n")) == []
+    assert unprinted_numbers(_notebook("The AE makes 1.8 times PCA's error.", "      AE / PCA\n64    1.83730\n")) == []
+    assert unprinted_numbers(_notebook("The AE makes 0.82 times PCA's error.", "ssim 0.820\n")) == [(0, "0.82")]
 
 
 def test_code_latex_literature_and_the_allowlist_are_exempt():
