@@ -75,7 +75,7 @@ from .timing import Throughput, interleave, matmul_flops, measure_throughput, sp
 from .experiments import Comparison, code_size, compare_models, sweep_code_sizes
 from .exercises import check_answer, show_solution
 from .plots import (plot_comparison, plot_losses, plot_speedups, results_table, show_feature_maps, show_images,
-                    show_reconstructions)
+                    show_reconstructions, show_rows)
 
 __all__ = [
     # errors
@@ -114,5 +114,5 @@ __all__ = [
     "Comparison", "code_size", "compare_models", "sweep_code_sizes",
     # plots
     "plot_comparison", "plot_losses", "plot_speedups", "results_table", "show_feature_maps", "show_images",
-    "show_reconstructions",
+    "show_reconstructions", "show_rows",
 ]

@@ -34,20 +34,16 @@ def show_images(images: torch.Tensor, nrow: int = 8, title: str | None = None, a
     return ax
 
 
-def show_reconstructions(originals: torch.Tensor | ImageData,
-                         reconstructions: Mapping[str, torch.Tensor] | torch.Tensor, n: int = 8,
-                         title: str | None = None, scale: float = 1.2):
-    """Show originals on the top row and each model's reconstructions on the rows below; return the Figure."""
+def show_rows(rows: Mapping[str, torch.Tensor], title: str | None = None, scale: float = 1.1):
+    """Show each named batch of images (uint8 or float [0, 1]) as one labelled row; return the Figure."""
     import matplotlib.pyplot as plt
 
-    originals = originals.images if isinstance(originals, ImageData) else originals
-    rows = {"original": originals[:n]}
-    if isinstance(reconstructions, torch.Tensor):
-        reconstructions = {"reconstruction": reconstructions}
-    rows.update({name: r[:n] for name, r in reconstructions.items()})
-    fig, axes = plt.subplots(len(rows), 1, figsize=(scale * n, scale * len(rows) * 1.15), squeeze=False)
-    for ax, (name, imgs) in zip(axes[:, 0], rows.items()):
-        show_images(imgs, nrow=n, ax=ax)
+    if not rows:
+        raise CourseError("show_rows needs at least one row of images.")
+    n = max(len(images) for images in rows.values())
+    fig, axes = plt.subplots(len(rows), 1, figsize=(scale * n + 1.5, scale * len(rows) * 1.1), squeeze=False)
+    for ax, (name, images) in zip(axes[:, 0], rows.items()):
+        show_images(images, nrow=n, ax=ax)
         ax.set_axis_on()
         ax.set_xticks([])
         ax.set_yticks([])
@@ -56,6 +52,18 @@ def show_reconstructions(originals: torch.Tensor | ImageData,
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def show_reconstructions(originals: torch.Tensor | ImageData,
+                         reconstructions: Mapping[str, torch.Tensor] | torch.Tensor, n: int = 8,
+                         title: str | None = None, scale: float = 1.2):
+    """Show originals on the top row and each model's reconstructions on the rows below; return the Figure."""
+    originals = originals.images if isinstance(originals, ImageData) else originals
+    rows = {"original": originals[:n]}
+    if isinstance(reconstructions, torch.Tensor):
+        reconstructions = {"reconstruction": reconstructions}
+    rows.update({name: r[:n] for name, r in reconstructions.items()})
+    return show_rows(rows, title, scale)
 
 
 def plot_losses(histories: Mapping[str, History], keys: Sequence[str] = ("train_loss", "val_mse"),

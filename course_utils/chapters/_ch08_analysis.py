@@ -19,6 +19,7 @@ from ..environment import Profile
 from ..errors import CourseError
 from ..metrics import fit_pca
 from ..models import RECOMMENDED_TRAINING, recommended_autoencoder
+from ..plots import show_rows  # noqa: F401 (the figures of rows the notebook draws: the core's)
 from .ch08_latent_space import decode_codes, encode_images, interpolate, nearest_neighbours
 
 # The chapter's reference model per dataset, and the code size of the autoencoder trained when it is missing.
@@ -248,28 +249,6 @@ def nearest_code_distances(codes: torch.Tensor, reference: torch.Tensor, batch_s
 
 
 # --------------------------------------------------------------------------- figures
-def show_rows(rows: Mapping[str, torch.Tensor], title: str | None = None, scale: float = 1.1):
-    """Show each named batch of images (uint8 or float [0, 1]) as one labelled row; return the Figure."""
-    import matplotlib.pyplot as plt
-
-    from ..plots import show_images
-
-    if not rows:
-        raise CourseError("show_rows needs at least one row of images.")
-    n = max(len(images) for images in rows.values())
-    fig, axes = plt.subplots(len(rows), 1, figsize=(scale * n + 1.5, scale * len(rows) * 1.1), squeeze=False)
-    for ax, (name, images) in zip(axes[:, 0], rows.items()):
-        show_images(images, nrow=n, ax=ax)
-        ax.set_axis_on()
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(name, rotation=0, ha="right", va="center")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
 def plot_2d_maps(maps: Mapping[str, np.ndarray], labels: np.ndarray | torch.Tensor, classes: Sequence[str],
                  title: str | None = None):
     """Scatter each named 2-D map (points, 2) in its own panel, coloured by class name; return the Figure."""
