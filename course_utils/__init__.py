@@ -5,7 +5,8 @@ Core modules, by role (each imports only the ones above it):
 - ``errors``: `CourseError` and its kinds, for mistakes a learner can fix (and `LearnedNothingWarning`).
 - ``environment``: device, seeding, the hardware profile that sizes every experiment, the setup line.
 - ``files``: atomic writes, so no reader ever sees half a file.
-- ``data``: datasets as uint8 tensors (packs, system copies, downloads), your own pictures, batches.
+- ``data``: datasets as uint8 tensors (packs, system copies, downloads), batches.
+- ``folders``: your own pictures: a folder as a dataset (cached), a few photos, patches.
 - ``models``: encoder and decoder blocks, bottlenecks, `ConvAutoencoder`, the recommended recipe, a classifier.
 - ``replicas``: exact replicas of the seed tutorials' models (and UvA tutorial 9's), each with ``encode``.
 - ``engine``: the training step, written once (`TrainStep`), `eval_mode`, the device choices, data parallelism.
@@ -56,9 +57,9 @@ from .errors import (CheckpointError, CorruptPackError, CourseError, DataNotFoun
                      TrainingDivergedError)
 from .environment import (PROFILES, Profile, cpu_name, describe_setup, get_device, get_profile, seed_everything,
                           start_chapter)
-from .data import (DeviceBatches, ImageData, ImageDataset, UInt8Images, flip_half, inspect_image_folder, load_dataset,
-                   load_image_folder, random_patches, read_pack, read_photos, resize_images, to_float, to_uint8,
-                   validation_split, write_pack)
+from .data import (DeviceBatches, ImageData, ImageDataset, UInt8Images, flip_half, load_dataset, read_pack,
+                   resize_images, to_float, to_uint8, validation_split, write_pack)
+from .folders import inspect_image_folder, load_image_folder, random_patches, read_photos
 from .models import (RECOMMENDED_TRAINING, ConvAutoencoder, ConvClassifier, ConvDecoder, ConvEncoder,
                      conv_output_size, conv_transpose_output_size, count_parameters, recommended_autoencoder,
                      transposed_padding)

@@ -335,7 +335,7 @@ def test_a_folder_of_20000_pictures_loads_exactly_and_reloads_from_its_cache_wit
     order = sorted(range(20_000), key=lambda i: (names[int(part.labels[i])], i))  # class folder, then file name
     assert torch.equal(first.images, part.images[order])
     assert [first.classes[k] for k in first.labels.tolist()] == [names[int(part.labels[i])] for i in order]
-    cached = cu.data.folder_cache_path(root, image_size=28)
+    cached = cu.folders.folder_cache_path(root, image_size=28)
     assert cached.is_file() and cached.parent == isolated_root.parent / "cache" / "course_utils" / "folders"
     # The reload must come from the cache: no picture is opened again. (How fast that is depends on the machine:
     # chapter 09 measures and prints it; a timed assertion here would only test how busy the test machine is.)
@@ -347,7 +347,7 @@ def test_a_folder_of_20000_pictures_loads_exactly_and_reloads_from_its_cache_wit
     # any change to the folder gives a new key: one more picture is read, the stale pack is removed
     _save(Image.fromarray(part.images[0, 0].numpy()), root / names[0] / "extra.png")
     assert len(cu.load_image_folder(root, image_size=28)) == 20_001
-    assert not cached.exists() and cu.data.folder_cache_path(root, image_size=28).is_file()
+    assert not cached.exists() and cu.folders.folder_cache_path(root, image_size=28).is_file()
 
 
 def test_threads_and_one_reader_give_identical_images(tmp_path):
