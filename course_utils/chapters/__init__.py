@@ -22,6 +22,11 @@
   ``PictureFolder``, ``split_train_val``, ``hold_out``, ``Code100Autoencoder``.
 - ``_ch09_materials``: chapter 09's hand-written plumbing: sample photos and credits, the PNG folder, the image-size
   table, optional datasets, the cost of a training step.
+- ``ch11_codec``: generated from the notebook's ``#@save`` cells: ``quantise``, ``dequantise``, ``HistogramCoder``
+  (per-dimension histograms and a ``constriction`` range coder), ``compress``, ``decompress``, ``FactorizedPrior``,
+  ``rate_distortion_loss``, ``fine_tune_for_rate``.
+- ``_ch11_codecs``: chapter 11's hand-written plumbing: JPEG and WebP files with and without headers, the learner's
+  codec over a split, curves compared at equal PSNR, photos cut into tiles, the figures.
 - ``ch12_vae``: generated from the notebook's ``#@save`` cells: the learner's VAE on chapter 01's ``Encoder`` and
   ``Decoder``, ``reparameterise``, ``kl_to_standard_normal``, ``gaussian_nll``, ``vae_loss``, ``train_epoch_vae``,
   ``evaluate_vae``, ``dequantise``, ``bits_per_dim``.
