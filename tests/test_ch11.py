@@ -213,7 +213,7 @@ def test_tiles_cut_and_reassemble_a_photo():
 
 @needs_cifar
 def test_the_cifar_copy_re_encodes_almost_losslessly_at_one_jpeg_quality():
-    """The data's JPEG past (the chapter's section 3): quality 75 gives back nearly the same pixels, its neighbours don't."""
+    """The data's JPEG past (section 3): quality 75 gives back nearly the same pixels, its neighbours do not."""
     from course_utils.chapters._ch11_codecs import reencoding_psnr
     images = cu.load_dataset("cifar10", "test", profile=cu.get_profile("smoke")).images[:100]
     psnr = reencoding_psnr(images, [70, 75, 80])

@@ -87,7 +87,8 @@ def webp_payload(data: bytes) -> bytes:
         if fourcc == b"VP8 ":
             return data[offset + 8:offset + 8 + size]
         offset += 8 + size + (size & 1)  # chunks are padded to an even size
-    raise CourseError("This WebP holds no lossy 'VP8 ' chunk (a lossless or animated file): save it with lossless=False.")
+    raise CourseError("This WebP holds no lossy 'VP8 ' chunk (a lossless or animated file): "
+                      "save it with lossless=False.")
 
 
 # --------------------------------------------------------------------------- scores and curves
@@ -145,7 +146,8 @@ def code_curve(encode: Callable, decode: Callable, train: torch.Tensor, images: 
     ``images`` written as a bitstream, decoded and scored."""
     import pandas as pd
     codes = codes_of(encode, train)
-    return pd.DataFrame([{"step": step, **code_point(encode, decode, HistogramCoder(quantise(codes, step)), images, step)}
+    return pd.DataFrame([{"step": step,
+                          **code_point(encode, decode, HistogramCoder(quantise(codes, step)), images, step)}
                          for step in steps])
 
 
@@ -191,7 +193,7 @@ def pareto(curve: "pd.DataFrame", bits: str = "bpp") -> "pd.DataFrame":
 
 
 def bpp_at(curve: "pd.DataFrame", psnr: float, bits: str = "bpp") -> float:
-    """Return the bits per pixel a curve needs for ``psnr``, by linear interpolation on its Pareto front (NaN outside)."""
+    """Return the bits per pixel a curve needs for ``psnr``: linear interpolation on its Pareto front, NaN outside."""
     front = pareto(curve, bits)
     return float(np.interp(psnr, front["PSNR"], front[bits], left=np.nan, right=np.nan))
 

@@ -12,7 +12,7 @@ import torch
 from . import exercise
 
 
-# --------------------------------------------------------------------------- 11.1 a quantiser with a fixed number of bits
+# --------------------------------------------------------------------------- 11.1 a quantiser with fixed bits
 def quantise_bits(code: torch.Tensor, low: float, high: float, bits: int) -> torch.Tensor:
     """Return each value's nearest of 2**bits evenly spaced levels on [low, high], as integers."""
     levels = 2 ** bits - 1  # the last level's index
@@ -23,7 +23,7 @@ def _floor_instead_of_round(code, low, high, bits):  # a typical wrong answer: t
     return torch.floor((code.clamp(low, high) - low) / (high - low) * (2 ** bits - 1)).long()
 
 
-def _no_clamp(code, low, high, bits):  # a typical wrong answer: values outside [low, high] give levels outside 0..2**bits-1
+def _no_clamp(code, low, high, bits):  # a typical wrong answer: values outside [low, high] leave 0..2**bits-1
     return torch.round((code - low) / (high - low) * (2 ** bits - 1)).long()
 
 
@@ -40,11 +40,13 @@ def _check_quantise_bits(answer) -> str | None:
     for low, high, bits in ((-4.0, 4.0, 3), (-10.0, 5.0, 4), (0.0, 1.0, 1)):
         got = answer(code, low, high, bits)
         if not isinstance(got, torch.Tensor) or got.shape != code.shape:
-            return f"it returned {type(got).__name__} of shape {tuple(getattr(got, 'shape', ()))}, not {tuple(code.shape)}"
+            shape = tuple(getattr(got, "shape", ()))
+            return f"it returned {type(got).__name__} of shape {shape}, not {tuple(code.shape)}"
         if got.is_floating_point():
             return "the levels must be integers (.long()), not floats"
         if int(got.min()) < 0 or int(got.max()) > 2 ** bits - 1:
-            return f"with bits={bits} it gave levels from {int(got.min())} to {int(got.max())}, outside 0..{2 ** bits - 1}"
+            return (f"with bits={bits} it gave levels from {int(got.min())} to {int(got.max())}, "
+                    f"outside 0..{2 ** bits - 1}")
         if not torch.equal(got, quantise_bits(code, low, high, bits)):
             return f"with low={low}, high={high}, bits={bits} some levels are not the nearest ones"
     return None
@@ -80,7 +82,8 @@ def _check_entropy_bits(answer) -> str | None:
             return f"the answer is a number of bits per symbol, got {type(got).__name__}"
         want = entropy_bits(symbols)
         if abs(float(got) - want) > 1e-6:
-            return f"for symbols {symbols[:8].tolist()}{'...' if len(symbols) > 8 else ''} it gave {float(got):.4f}, not {want:.4f}"
+            shown = f"{symbols[:8].tolist()}{'...' if len(symbols) > 8 else ''}"
+            return f"for symbols {shown} it gave {float(got):.4f}, not {want:.4f}"
     return None
 
 
