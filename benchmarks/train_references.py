@@ -302,7 +302,7 @@ def report() -> str:
     """Return the README's table of the references and the targets met or missed, from the manifest."""
     uva = ch04.UVA_TUTORIAL9_TEST_MSE
     versus_uva = ch04.versus_uva
-    rows = [pt.pretrained_info(n) for n in pt.pretrained_names()]
+    rows = [pt.pretrained_info(n) for n in pt.pretrained_names(pt.AUTOENCODER)]  # VAEs: train_vae_references.py
     lines = ["| reference | code | bottleneck, width | parameters | batch | augment | epochs | wall time | images/s | "
              "test MSE | PSNR (dB) | SSIM | PCA, same images | UvA (literature) | file |",
              "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

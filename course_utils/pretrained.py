@@ -35,9 +35,12 @@ def _manifest() -> dict[str, dict]:
     return {row["name"]: row for row in json.loads(MANIFEST.read_text())["models"]}
 
 
-def pretrained_names() -> list[str]:
-    """Return the names of the reference models the manifest lists."""
-    return sorted(_manifest())
+AUTOENCODER = "ConvAutoencoder"  # a row without a "model" field is one of these
+
+
+def pretrained_names(model: str | None = None) -> list[str]:
+    """Return the names of the reference models the manifest lists (only those of class ``model`` if given)."""
+    return sorted(name for name, row in _manifest().items() if model in (None, row.get("model", AUTOENCODER)))
 
 
 def pretrained_info(name: str) -> dict:
@@ -64,16 +67,34 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def build_reference(row: dict) -> ConvAutoencoder:
-    """Return an untrained model with the architecture a manifest row records."""
-    return ConvAutoencoder(**row["architecture"])
+def build_reference(row: dict, build: Callable[..., nn.Module] | None = None) -> nn.Module:
+    """Return an untrained model with the architecture a manifest row records.
+
+    A `ConvAutoencoder` is built here. A model whose class a chapter writes (chapter 12's `VAE`) is built
+    by ``build``, called with the row's architecture: the core never imports a chapter.
+    """
+    model = row.get("model", AUTOENCODER)
+    if model == AUTOENCODER:
+        return ConvAutoencoder(**row["architecture"])
+    if build is None:
+        where = row.get("module", "its chapter's module")
+        raise PretrainedError(f"The reference {row.get('name', '')!r} is a {model}, a class a chapter writes: pass it "
+                              f"as build=, e.g. `from {where} import {model}` then "
+                              f"`cu.load_pretrained({row.get('name', '')!r}, build={model})`.")
+    return build(**row["architecture"])
 
 
-def load_pretrained(name: str, device: torch.device | str | None = None) -> nn.Module:
-    """Return reference model ``name`` in float32 and eval mode, after checking its file's SHA-256."""
+def load_pretrained(name: str, device: torch.device | str | None = None,
+                    build: Callable[..., nn.Module] | None = None) -> nn.Module:
+    """Return reference model ``name`` in float32 and eval mode, after checking its file's SHA-256.
+
+    ``build``: the class (or function) that makes the model from the row's architecture, for a model a
+    chapter writes, such as chapter 12's `VAE`; autoencoders need none.
+    """
     row = pretrained_info(name)
     path = PRETRAINED_DIR / row["file"]
-    how = (f"Retrain it with `{RETRAIN.format(name=name)}` from a clone of the course repository, "
+    retrain = row.get("retrain", RETRAIN).format(name=name)  # a chapter's model names its own training script
+    how = (f"Retrain it with `{retrain}` from a clone of the course repository, "
            "or reinstall the course package.")
     if not path.is_file():
         raise PretrainedError(f"The reference model file {path} is missing. {how}")
@@ -83,8 +104,10 @@ def load_pretrained(name: str, device: torch.device | str | None = None) -> nn.M
                               f"{digest[:12]}..., expected {row['sha256'][:12]}...): it was changed or damaged. {how}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     try:
-        model = build_reference(row)
+        model = build_reference(row, build)
         model.load_state_dict(state)
+    except PretrainedError:
+        raise
     except (RuntimeError, TypeError, CourseError) as e:
         raise PretrainedError(f"The reference model {name!r} no longer fits its recorded architecture "
                               f"({str(e).splitlines()[0][:200]}): the model code changed since it was trained. "
@@ -93,18 +116,19 @@ def load_pretrained(name: str, device: torch.device | str | None = None) -> nn.M
     return model.to(device) if device is not None else model
 
 
-def load_or_train(name: str, train: Callable[[], nn.Module], device: torch.device | str | None = None
-                  ) -> tuple[nn.Module, str]:
+def load_or_train(name: str, train: Callable[[], nn.Module], device: torch.device | str | None = None,
+                  build: Callable[..., nn.Module] | None = None) -> tuple[nn.Module, str]:
     """Return (model, what happened): reference ``name`` if present, else the model ``train()`` returns.
 
     Prints one line saying which: the reference with its recorded test score, or training in the
     profile's budget because the reference is absent.
     """
     if has_pretrained(name):
-        model = load_pretrained(name, device)
+        model = load_pretrained(name, device, build)
         row = pretrained_info(name)
-        what = (f"loaded reference {name!r}: trained {row['epochs']} epochs, test MSE {row['test_mse']:.5f} "
-                f"({row['test_psnr']:.2f} dB)")
+        score = (f"test negative ELBO {row['test_bits_per_dim']:.2f} bits/dim" if "test_bits_per_dim" in row
+                 else f"test MSE {row['test_mse']:.5f} ({row['test_psnr']:.2f} dB)")
+        what = f"loaded reference {name!r}: trained {row['epochs']} epochs, {score}"
     else:
         model = train()
         what = f"reference {name!r} not present: trained in this profile's budget instead"

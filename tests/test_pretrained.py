@@ -16,7 +16,7 @@ from conftest import load_script
 TOLERANCE = 1e-3  # relative: the same float32 arithmetic on another CPU or thread count differs in the last digits
 
 
-@pytest.mark.parametrize("name", pt.pretrained_names())
+@pytest.mark.parametrize("name", pt.pretrained_names(pt.AUTOENCODER))
 def test_reference_loads_and_reproduces_its_recorded_score(name):
     row = cu.pretrained_info(name)
     assert cu.has_pretrained(name), f"{row['file']} is missing from course_utils/pretrained/"
@@ -39,7 +39,7 @@ def test_references_fit_the_size_budget():
 
 def test_each_shipped_reference_has_the_architecture_the_training_script_names():
     script = load_script("benchmarks/train_references.py")
-    for name in pt.pretrained_names():
+    for name in pt.pretrained_names(pt.AUTOENCODER):
         row, spec = cu.pretrained_info(name), script.REFERENCES[name]
         shape = (1, 28, 28) if spec["dataset"] == "fashion-mnist" else (3, 32, 32)
         assert row["architecture"] == script.architecture(shape, spec["code_size"], spec["bottleneck"],
@@ -57,7 +57,8 @@ def test_gpu_trained_references_say_where_and_how_they_were_chosen():
 def test_cpu_trained_references_are_what_the_training_script_makes_within_15_minutes():
     """A CPU-trained reference's recipe and epochs are REFERENCES' (so `--only NAME` rebuilds it), in <= 15 min."""
     script = load_script("benchmarks/train_references.py")
-    cpu = [cu.pretrained_info(n) for n in pt.pretrained_names() if cu.pretrained_info(n).get("device") != "cuda"]
+    cpu = [cu.pretrained_info(n) for n in pt.pretrained_names(pt.AUTOENCODER)
+           if cu.pretrained_info(n).get("device") != "cuda"]
     assert {r["name"] for r in cpu} >= {"fashion-mnist-196", "cifar10-64", "cifar10-128"}
     for row in cpu:
         spec = script.REFERENCES[row["name"]]
@@ -188,3 +189,76 @@ def test_the_training_script_writes_a_loadable_reference(shelf, tmp_path, monkey
     ratio = row["test_mse"] / row["pca_test_mse"]
     assert f"beats PCA by at least 25%: **{'met' if ratio <= 0.75 else 'missed'}**" in table
     assert f"| `fashion-mnist-196` | 196 | spatial, 64 |" in table
+
+
+# ---------------------------------------------------------------- chapter 12's VAE references
+def vae_script(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    return load_script("benchmarks/train_vae_references.py")
+
+
+@pytest.mark.parametrize("name", pt.pretrained_names("VAE"))
+def test_vae_reference_loads_with_the_chapters_class_and_reproduces_its_recorded_score(name, monkeypatch):
+    from course_utils.chapters.ch12_vae import VAE
+    row = cu.pretrained_info(name)
+    assert row["bytes"] <= 5_000_000 and row["module"] == VAE.__module__
+    assert row["val_bits_per_dim"] == min(row["val_bits_per_dim_by_epoch"]) == \
+        row["val_bits_per_dim_by_epoch"][row["epochs"] - 1]  # the best validation epoch is the one shipped
+    script = vae_script(monkeypatch)
+    spec = script.VAE_REFERENCES[name]
+    assert row["architecture"]["latent"] == spec["latent"] and row["beta"] == spec["beta"]
+    assert row["epochs_trained"] == spec["epochs"] and "train_vae_references.py" in row["command"]
+    data_policy.require_dataset(row["dataset"])
+    model = cu.load_pretrained(name, build=VAE)
+    assert isinstance(model, VAE) and not model.training
+    test = cu.load_dataset(row["dataset"], "test")
+    assert script.reconstruction_mse(model, test.subset(row["check_images"]).images) == \
+        pytest.approx(row["check_mse"], rel=TOLERANCE)
+
+
+def vae_row(folder: Path) -> dict:
+    """Store a tiny untrained chapter 12 VAE as reference 'tiny-vae' on the shelf; return its row."""
+    from course_utils.chapters.ch12_vae import VAE
+    arch = {"image_shape": [1, 28, 28], "latent": 2, "width": 4, "code_channels": 2}
+    digest = pt.save_reference(VAE(**arch), folder / "tiny-vae.pt")
+    return {"name": "tiny-vae", "model": "VAE", "module": VAE.__module__, "file": "tiny-vae.pt", "sha256": digest,
+            "architecture": arch, "epochs": 2, "test_bits_per_dim": 5.4321,
+            "retrain": "python benchmarks/train_vae_references.py --only {name}"}
+
+
+def test_a_vae_reference_needs_its_class_and_says_how_to_pass_it(shelf, capsys):
+    from course_utils.chapters.ch12_vae import VAE
+    folder, _, tiny = shelf
+    (folder / "manifest.json").write_text(json.dumps({"models": [tiny, vae_row(folder)]}))
+    assert pt.pretrained_names("VAE") == ["tiny-vae"] and pt.pretrained_names(pt.AUTOENCODER) == ["tiny"]
+    with pytest.raises(pt.PretrainedError, match=r"build=.*from course_utils.chapters.ch12_vae import VAE"):
+        cu.load_pretrained("tiny-vae")
+    model, what = cu.load_or_train("tiny-vae", train=lambda: pytest.fail("must not train"), build=VAE)
+    assert isinstance(model, VAE) and "5.43 bits/dim" in capsys.readouterr().out
+    (folder / "tiny-vae.pt").unlink()
+    with pytest.raises(pt.PretrainedError, match="train_vae_references.py --only tiny-vae"):
+        cu.load_pretrained("tiny-vae", build=VAE)
+
+
+def test_the_vae_training_script_keeps_the_best_validation_epoch_and_writes_a_loadable_reference(
+        shelf, tmp_path, monkeypatch):
+    """benchmarks/train_vae_references.py end to end on 256 images for two epochs, then resumed to three."""
+    from course_utils.chapters.ch12_vae import VAE
+    data_policy.require_dataset("fashion-mnist")
+    script = vae_script(monkeypatch)
+    monkeypatch.setattr(script, "CHECK_IMAGES", 100)
+    spec = dict(script.VAE_REFERENCES["fashion-mnist-vae"], epochs=2, width=4, code_channels=2, latent=4)
+    row = script.train_reference("fashion-mnist-vae", spec, tmp_path / "work", "test", train_images=256)
+    assert row["train_images"] == 256 and row["epochs_trained"] == 2 and row["model"] == "VAE"
+    assert row["val_bits_per_dim"] == pytest.approx(min(row["val_bits_per_dim_by_epoch"]), abs=0.01)  # float16
+    assert 0 < row["test_bits_per_dim"] < 12 and row["test_kl_nats"] >= 0
+    script.refs.write_manifest({"fashion-mnist-vae": row})
+    model = cu.load_pretrained("fashion-mnist-vae", build=VAE)
+    test = cu.load_dataset("fashion-mnist", "test").subset(100)
+    assert script.reconstruction_mse(model, test.images) == pytest.approx(row["check_mse"], rel=TOLERANCE)
+    assert f"| `fashion-mnist-vae` | 4, 4, 0.25 | {row['parameters']:,} |" in script.report()
+    # an interrupted run resumes from its checkpoint: one more epoch, not three
+    resumed = script.train_reference("fashion-mnist-vae", dict(spec, epochs=3), tmp_path / "work", "test",
+                                     replace=True, train_images=256)
+    assert resumed["val_bits_per_dim_by_epoch"][:2] == row["val_bits_per_dim_by_epoch"]
+    assert len(resumed["val_bits_per_dim_by_epoch"]) == 3

@@ -126,3 +126,20 @@ def dequantise(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
 def bits_per_dim(nats_per_image: float, dims: int, levels: int = 256) -> float:
     """Return a density's negative log-likelihood of dequantised images (nats) as bits per discrete value."""
     return (nats_per_image + dims * math.log(levels)) / (dims * math.log(2))
+
+
+def dequantised_loader(images: torch.Tensor, seed: int, batch_size: int = 500) -> DataLoader:
+    """Return batches of dequantised images, for evaluate_vae."""
+    return DataLoader(torch.utils.data.TensorDataset(dequantise(images, seed)), batch_size=batch_size)
+
+
+def score_bits_per_dim(model: nn.Module, val_images: torch.Tensor, test_images: torch.Tensor,
+                       device: torch.device | str = "cpu") -> dict:
+    """Choose sigma on val_images, then return the negative ELBO of test_images in nats and bits per dimension."""
+    torch.manual_seed(0)  # one draw of z per image: the same draws on every run
+    sigma = math.sqrt(evaluate_vae(model, dequantised_loader(val_images, seed=1), device=device)["MSE"])
+    r = evaluate_vae(model, dequantised_loader(test_images, seed=2), sigma=sigma, device=device)
+    dims = test_images[0].numel()
+    return {"sigma (validation)": sigma, "negative ELBO (nats)": r["negative ELBO"], "KL (nats)": r["KL"],
+            "continuous bits/dim": r["negative ELBO"] / (dims * math.log(2)),
+            "bits/dim": bits_per_dim(r["negative ELBO"], dims)}

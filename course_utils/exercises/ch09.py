@@ -52,7 +52,7 @@ def _floats(folder, size):  # a typical wrong answer: values in [0, 1] as float3
                "convert to grey with .convert('L'), keep uint8 (pil_to_tensor, no /255), "
                "and stack to N x 1 x size x size")
 def _check_grey_folder(answer) -> str | None:
-    from ..data import load_image_folder
+    from ..folders import load_image_folder
     with tempfile.TemporaryDirectory() as tmp:
         folder = _photo_folder(Path(tmp))
         truth = load_image_folder(folder, image_size=48, channels=1, cache=False, progress=False).images
