@@ -7,6 +7,7 @@ Core modules, by role (each imports only the ones above it):
 - ``files``: atomic writes, so no reader ever sees half a file.
 - ``data``: datasets as uint8 tensors (packs, system copies, downloads), batches.
 - ``folders``: your own pictures: a folder as a dataset (cached), a few photos, patches.
+- ``pictures``: picture files decoded into uint8 arrays (shared by ``folders`` and ``data``).
 - ``models``: encoder and decoder blocks, bottlenecks, `ConvAutoencoder`, the recommended recipe, a classifier.
 - ``replicas``: exact replicas of the seed tutorials' models (and UvA tutorial 9's), each with ``encode``.
 - ``engine``: the training step, written once (`TrainStep`), `eval_mode`, the device choices, data parallelism.

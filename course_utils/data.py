@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from .environment import Profile, in_colab
 from .errors import CorruptPackError, CourseError, DataNotFoundError
 from .files import atomic_write
+from .pictures import as_channels, read_pictures
 
 PACK_FORMAT = 1
 SYSTEM_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -324,15 +325,13 @@ def _from_torchvision(name: str, split: str, download_dir: Path) -> tuple[np.nda
         ds = tvd.STL10(download_dir, split=split, download=True)
         return ds.data.transpose(0, 2, 3, 1).copy(), ds.labels.astype(np.int64), list(ds.classes)
     if name == "flowers102":
-        from .folders import _as_channels, _read_pictures  # the folder reader imports this module: import here
-
         ds = tvd.Flowers102(download_dir, split=split, download=True)
-        pictures = _read_pictures(ds._image_files, DATASETS[name].image_size, desc=f"resizing flowers102/{split}")
+        pictures = read_pictures(ds._image_files, DATASETS[name].image_size, desc=f"resizing flowers102/{split}")
         bad = next((p.error for p in pictures if p.array is None), None)
         if bad:
             raise CorruptPackError(f"A Flowers-102 image in {download_dir} cannot be read ({bad}). Delete that "
                                    "folder and load the dataset again to download it anew.")
-        images = np.stack([_as_channels(p.array, 3) for p in pictures])
+        images = np.stack([as_channels(p.array, 3) for p in pictures])
         labels = np.asarray(ds._labels, dtype=np.int64)
         classes = list(getattr(ds, "classes", [])) or [f"flower {i}" for i in range(102)]
         return images, labels, classes
