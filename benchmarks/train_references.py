@@ -333,6 +333,16 @@ def report() -> str:
     return "\n".join(lines + [""] + [f"* {v}" for v in verdicts])
 
 
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options both reference scripts take: threads, the resumable work folder, report, try-out sizes."""
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--work", type=Path, default=cu.data.user_cache_dir() / "references",
+                        help="folder for resumable training checkpoints")
+    parser.add_argument("--report", action="store_true", help="print the README's table from the manifest")
+    parser.add_argument("--epochs", type=int, help="override every reference's epochs (to try the script out)")
+    parser.add_argument("--train-images", type=int, help="train on this many images (to try the script out)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=sorted(REFERENCES),
@@ -345,16 +355,11 @@ def main() -> int:
                         default=["flat, width 32", "spatial, width 32", "spatial, width 64"])
     parser.add_argument("--select-images", type=int, default=6000, help="train images for --select (0: all)")
     parser.add_argument("--select-batch", type=int, default=RECIPE["batch_size"], help="batch size for --select")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--work", type=Path, default=cu.data.user_cache_dir() / "references",
-                        help="folder for resumable training checkpoints")
-    parser.add_argument("--report", action="store_true")
     parser.add_argument("--import-gpu", type=Path, metavar="BUNDLE",
                         help="adopt the models of benchmarks/gpu_suite.py's gpu_references.pt that beat the shipped "
                              "ones on the validation split (with --suite: its gpu_suite.json)")
     parser.add_argument("--suite", type=Path, default=HERE / "results" / "gpu_suite.json")
-    parser.add_argument("--epochs", type=int, help="override every reference's epochs (to try the script out)")
-    parser.add_argument("--train-images", type=int, help="train on this many images (to try the script out)")
+    add_training_options(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -40,7 +40,7 @@ import course_utils as cu
 import train_references as refs
 from course_utils import pretrained as pt
 from course_utils.chapters.ch01_feature_extractors import image_loader
-from course_utils.chapters.ch12_vae import VAE, evaluate_vae, score_bits_per_dim, train_epoch_vae
+from course_utils.chapters.ch12_vae import VAE, score_bits_per_dim, train_epoch_vae
 
 HERE = Path(__file__).resolve().parent
 SELECTION = HERE / "results" / "vae_selection.jsonl"
@@ -189,12 +189,7 @@ def main() -> int:
     parser.add_argument("--replace", action="store_true", help="replace the shipped ones even if worse on validation")
     parser.add_argument("--select", nargs="+", choices=sorted(CANDIDATES), help="compare candidates on validation")
     parser.add_argument("--select-epochs", type=int, default=3)
-    parser.add_argument("--epochs", type=int, help="override every reference's epochs (to try the script out)")
-    parser.add_argument("--train-images", type=int, help="train on this many images (to try the script out)")
-    parser.add_argument("--report", action="store_true", help="print the README's table from the manifest")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--work", type=Path, default=cu.data.user_cache_dir() / "references",
-                        help="folder for resumable training checkpoints")
+    refs.add_training_options(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
