@@ -139,16 +139,14 @@ def train_reference(name: str, spec: dict, work: Path, command: str, replace: bo
     model, by_epoch, seconds = train_vae(name, arch, spec["beta"], (train, val), spec["epochs"],
                                          checkpoint=work / f"{name}.ckpt")
     path = pt.PRETRAINED_DIR / f"{name}.pt"
-    shipped = VAE(**arch)
+    shipped = VAE(**arch)  # the weights as the file stores them (float16 parameters), what a learner loads
     shipped.load_state_dict(pt.half_precision_state(model))
-    val_bits = validation_bits(shipped.float().eval(), val)
+    shipped = shipped.float().eval()
+    val_bits = validation_bits(shipped, val)
     if name in pt.pretrained_names() and not replace and val_bits > pt.pretrained_info(name)["val_bits_per_dim"]:
         print(f"{name}: validation {val_bits:.4f} bits/dim is worse than the shipped reference's; kept the shipped one")
         return None
     digest = pt.save_reference(model, path)
-    shipped = VAE(**arch)  # scored from the stored file, as a learner loads it
-    shipped.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    shipped = shipped.float().eval()
     scores = score_bits_per_dim(shipped, val.images, test.images)
     mse = reconstruction_mse(shipped, test.images)
     return {

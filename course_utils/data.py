@@ -261,7 +261,7 @@ def read_pack(path: Path | str) -> ImageData:
                      path.parent.name, path.stem)
 
 
-def _pack_info(path: Path) -> dict:
+def pack_info(path: Path) -> dict:
     """Return the ``info`` dict a pack was written with (empty if none)."""
     with np.load(path, allow_pickle=False) as z:
         return json.loads(str(z["meta"])).get("info", {}) if "meta" in z.files else {}

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import ImageData, _pack_info, read_pack, user_cache_dir, write_pack
+from .data import ImageData, pack_info, read_pack, user_cache_dir, write_pack
 from .errors import CorruptPackError, CourseError, DataNotFoundError
 from .pictures import as_channels, read_pictures
 
@@ -175,7 +175,7 @@ def load_image_folder(path: str | Path, image_size: int = 64, on_error: str = "s
     target = _cache_file(root, signature, settings) if cache else None
     if target is not None and target.is_file():
         try:
-            data, info = read_pack(target), _pack_info(target)
+            data, info = read_pack(target), pack_info(target)
             _warn_dropped(root, info, links, stacklevel=3)
             return dataclasses.replace(data, name=root.name, split="all")
         except CorruptPackError:
