@@ -42,6 +42,7 @@ On the CPU the GPU-only rows (fp16 with a scaler, CUDA memory) are recorded as s
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime as dt
 import functools
 import glob
@@ -78,19 +79,22 @@ SECONDS_TARGET = 80.0  # per reference model: a tenth of UvA tutorial 9's 13 min
 CODES = (64, 128, 256, 384)
 PARTS = ("references", "ladder", "memory", "notebooks")  # the references first: they are what the course ships
 SHARES = {"references": 0.70, "ladder": 0.20, "memory": 0.06, "notebooks": 0.04}  # of --budget-s, left over moves on
+NOTEBOOK_DIR = ROOT / "notebooks"
 BUNDLE_NAME = "gpu_references.pt"  # beside --out: each code size's selected model, for train_references.py --import-gpu
 MEMORY_BATCHES = (64, 256, 1024, 4096, 16384, 65536)
+
+NOTEBOOK_DEFAULTS = dict(notebook_profile="gpu", notebook_mode="auto", notebook_jobs=1, notebooks=())
 
 FULL = dict(ladder_images=20_000, images_per_repeat=8192, repeats=3, warmup=3, larger_batches=(256, 1024),
             compile=True, memory_batches=MEMORY_BATCHES, reference_images=None,
             reference_seconds=GPU_SECONDS_PER_CODE, reference_batch=GPU_RECIPE["batch_size"],
             reference_candidates=GPU_CANDIDATES, max_candidates=None, probe_steps=20, reference_max_epochs=2000,
-            test_images=None, notebook_timeout=300)
+            test_images=CHECK_IMAGES, notebook_timeout=300, **NOTEBOOK_DEFAULTS)
 TINY = dict(ladder_images=256, images_per_repeat=64, repeats=1, warmup=1, larger_batches=(128,),
             compile="skipped in --tiny: compiling takes longer than the whole tiny run",
             memory_batches=(16, 32), reference_images=200, reference_seconds=2.0, reference_batch=64,
             reference_candidates=GPU_CANDIDATES, max_candidates=None, probe_steps=1,
-            reference_max_epochs=1, test_images=100, notebook_timeout=60)
+            reference_max_epochs=1, test_images=100, notebook_timeout=60, **NOTEBOOK_DEFAULTS)
 
 
 # --------------------------------------------------------------------------- carried data
@@ -101,10 +105,14 @@ def _write_npz(path: Path, **arrays) -> None:
 
 
 def prepare_carry(source: Path, dest: Path, part_images: int = PART_IMAGES,
-                  check_images: int = CHECK_IMAGES) -> list[Path]:
-    """Write CIFAR-10's training split in parts and the references' check subset of the test split; return the files."""
+                  check_images: int = CHECK_IMAGES, notebooks: bool = False) -> list[Path]:
+    """Write CIFAR-10's training split in parts and the references' check subset of the test split; return the files.
+
+    With ``notebooks`` also the data the chapters read in the gpu profile: CIFAR-10's whole test split
+    (``cifar10/test-all.npz``) and Fashion-MNIST's two splits (``fashion-mnist/{train,test}.npz``), compressed.
+    """
     train = cu.read_pack(cu.data.pack_path("cifar10", "train", source))
-    test = cu.read_pack(cu.data.pack_path("cifar10", "test", source)).subset(check_images)
+    test = cu.read_pack(cu.data.pack_path("cifar10", "test", source))
     images = train.images.permute(0, 2, 3, 1).numpy()  # (N, C, H, W) => the packs' (N, H, W, C)
     labels, total = train.labels.numpy(), len(train)
     starts = list(range(0, total, part_images))
@@ -117,10 +125,46 @@ def prepare_carry(source: Path, dest: Path, part_images: int = PART_IMAGES,
         _write_npz(path, images=part, labels=labels[start:start + part_images],
                    classes=np.asarray(train.classes, dtype=str), meta=np.asarray(json.dumps(meta)))
         written.append(path)
-    written.append(cu.write_pack(dest / "cifar10" / "test.npz", test.images.permute(0, 2, 3, 1).numpy(),
-                                 test.labels.numpy(), test.classes,
+    check = test.subset(check_images)
+    written.append(cu.write_pack(dest / "cifar10" / "test.npz", check.images.permute(0, 2, 3, 1).numpy(),
+                                 check.labels.numpy(), check.classes,
                                  info={"subset": f"test.subset({check_images}), seed 0: the manifest's check_mse"}))
+    if notebooks:
+        written.append(_write_carried_pack(dest / "cifar10" / "test-all.npz", test))
+        for name in ("train", "test"):
+            written.append(_write_carried_pack(dest / "fashion-mnist" / f"{name}.npz", _fashion_mnist(source, name)))
     return written
+
+
+def _fashion_mnist(source: Path, split_name: str) -> cu.ImageData:
+    """Return a Fashion-MNIST split: the pack under ``source`` if there, else Debian's dataset-fashion-mnist copy."""
+    pack = cu.data.pack_path("fashion-mnist", split_name, source)
+    if pack.is_file():
+        return cu.read_pack(pack)
+    arrays = cu.data._from_system_copy("fashion-mnist", split_name)
+    if arrays is None:
+        raise cu.DataNotFoundError(f"No Fashion-MNIST {split_name} split in {source} nor Debian's copy: "
+                                   "apt-get install dataset-fashion-mnist, or --source a root that has it.")
+    images, labels, classes = arrays
+    return cu.ImageData(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels),
+                        classes, "fashion-mnist", split_name)
+
+
+def _write_carried_pack(path: Path, data: cu.ImageData) -> Path:
+    """Write a whole split compressed (carried once, read by join_carry); return the path."""
+    array = data.images.permute(0, 2, 3, 1).numpy()
+    meta = {"count": len(data), "crc32": cu.data._checksum(array)}
+    _write_npz(path, images=array, labels=data.labels.numpy(), classes=np.asarray(data.classes, dtype=str),
+               meta=np.asarray(json.dumps(meta)))
+    return path
+
+
+def _read_carried_pack(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Return (images, labels, classes) of a pack written by _write_carried_pack, its checksum checked."""
+    with np.load(path, allow_pickle=False) as z:
+        if cu.data._checksum(z["images"]) != json.loads(str(z["meta"]))["crc32"]:
+            raise cu.CorruptPackError(f"Carried pack {path} fails its checksum: prepare and carry it again.")
+        return z["images"], z["labels"], [str(c) for c in z["classes"]]
 
 
 def join_carry(carry: Path, work: Path) -> dict:
@@ -147,11 +191,22 @@ def join_carry(carry: Path, work: Path) -> dict:
         raise cu.CorruptPackError(f"The joined parts under {carry} differ from the split they were cut from.")
     info = {"parts_present": present, "parts_expected": expected, "complete": complete}
     cu.write_pack(work / "cifar10" / "train.npz", joined, np.concatenate(labels), classes, info=info)
-    test = cu.read_pack(carry / "cifar10" / "test.npz")
-    cu.write_pack(work / "cifar10" / "test.npz", test.images.permute(0, 2, 3, 1).numpy(), test.labels.numpy(),
-                  test.classes)
-    return {**info, "train_images": int(joined.shape[0]), "test_images": len(test),
-            "total_train_images": metas[0]["total"], "carry": str(carry)}
+    whole = carry / "cifar10" / "test-all.npz"
+    if whole.is_file():  # the whole split, for the notebooks; the references take the check subset of it
+        cu.write_pack(work / "cifar10" / "test.npz", *_read_carried_pack(whole))
+    else:
+        test = cu.read_pack(carry / "cifar10" / "test.npz")
+        cu.write_pack(work / "cifar10" / "test.npz", test.images.permute(0, 2, 3, 1).numpy(), test.labels.numpy(),
+                      test.classes)
+    fashion = []
+    for name in ("train", "test"):
+        path = carry / "fashion-mnist" / f"{name}.npz"
+        if path.is_file():
+            cu.write_pack(work / "fashion-mnist" / f"{name}.npz", *_read_carried_pack(path))
+            fashion.append(name)
+    return {**info, "train_images": int(joined.shape[0]),
+            "test_images": len(cu.read_pack(work / "cifar10" / "test.npz")),
+            "total_train_images": metas[0]["total"], "fashion_mnist_splits": fashion, "carry": str(carry)}
 
 
 # --------------------------------------------------------------------------- time guard and results
@@ -416,72 +471,160 @@ except ImportError:  # no IPython on this machine: show what a notebook would, a
     def display(*objects, **kwargs):
         for obj in objects:
             print(obj)
+
+import os as _os, time as _time
+_CELL_LOG = _os.environ.get("NOTEBOOK_CELL_LOG")  # one line per cell as it starts: kept when the run is killed
+
+
+def _cell(index, first_line):
+    if _CELL_LOG:
+        with open(_CELL_LOG, "a") as log:
+            log.write(f"{_time.time():.3f}\\t{index}\\t{first_line}\\n")
 """
+NOTEBOOK_TARGET_SECONDS = 180.0  # per chapter in the gpu profile on the lent GPU (issue: at most 3 minutes)
 
 
 def notebook_as_script(path: str | Path) -> str:
-    """Return a notebook's code cells as one Python script: IPython magics become `pass`, figures go to Agg."""
+    """Return a notebook's code cells as one Python script: IPython magics become `pass`, figures go to Agg.
+
+    Each cell starts with ``_cell(index, first line)``, which appends when it started to $NOTEBOOK_CELL_LOG
+    (read by ``cell_seconds``): every cell's time, and which one failed or was running when the run was cut.
+    """
     nb = json.loads(Path(path).read_text())
     chunks = [PLAIN_PRELUDE]
-    for number, cell in enumerate((c for c in nb["cells"] if c["cell_type"] == "code"), start=1):
+    for index, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
         lines = []
-        for line in "".join(cell["source"]).splitlines():
+        source = "".join(cell["source"])
+        for line in source.splitlines():
             code = line.lstrip()
             if code.startswith(("%", "!")):  # %pip (the Colab cell) and shell lines: not Python
                 line = line[: len(line) - len(code)] + "pass  # IPython only: " + code
             lines.append(line)
-        chunks.append(f"# ---- code cell {number}\n" + "\n".join(lines))
+        first = next((ln.strip() for ln in source.splitlines() if ln.strip()), "")[:60]
+        chunks.append(f"# ---- cell {index}\n_cell({index}, {first!r})\n" + "\n".join(lines))
     return "\n\n".join(chunks) + "\n"
 
 
-def _run_notebook_jupyter(path: str, limit: int) -> dict:
+def _run_notebook_jupyter(path: str, limit: int, profile: str, env: dict) -> dict:
     """Run one notebook headless through run_notebooks.py (nbclient and a Jupyter kernel)."""
     with tempfile.TemporaryDirectory() as tmp:
         record = Path(tmp) / "record.json"
-        command = [sys.executable, str(HERE / "run_notebooks.py"), "--profile", "gpu", "--timeout", str(limit),
+        command = [sys.executable, str(HERE / "run_notebooks.py"), "--profile", profile, "--timeout", str(limit),
                    "--json", str(record), path]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=limit + 30, cwd=ROOT)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=limit + 30, cwd=ROOT, env=env)
         rec = json.loads(record.read_text())[0] if record.is_file() else {}
         return {"status": "passed" if done.returncode == 0 else "failed", "mode": "jupyter",
                 "error": rec.get("error") or (None if done.returncode == 0 else done.stderr[-300:]),
                 "slowest_cell": rec.get("slowest_cell"), "slowest_cell_seconds": rec.get("slowest_cell_seconds")}
 
 
-def _run_notebook_plain(path: str, limit: int) -> dict:
-    """Run one notebook's code cells as a Python script (no Jupyter on this machine), in the gpu profile."""
+def _last_line(text: str) -> str | None:
+    """Return the last non-empty line of a traceback (the exception and its message), or None."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else None
+
+
+# The script runs in the namespace of a `python -c` program, as a notebook's cells run in a kernel's: its
+# __main__ has no file, so processes that torch.multiprocessing spawns (chapter 10) do not re-run the script.
+RUN_AS_NOTEBOOK = "import sys; path = sys.argv[1]; exec(compile(open(path).read(), path, 'exec'))"
+
+
+def cell_seconds(log: str, end: float) -> list[dict]:
+    """Return each started cell's wall time from a $NOTEBOOK_CELL_LOG; the last one ran until ``end`` (time.time())."""
+    starts = []
+    for line in log.splitlines():
+        at, index, first = line.split("\t", 2)
+        starts.append((float(at), int(index), first))
+    ends = [at for at, _, _ in starts[1:]] + [end]
+    return [{"cell": index, "first_line": first, "seconds": round(stop - at, 3)}
+            for (at, index, first), stop in zip(starts, ends)]
+
+
+def _run_notebook_plain(path: str, limit: int, profile: str, env: dict) -> dict:
+    """Run one notebook's code cells as a Python script (no Jupyter on this machine); time every cell."""
     with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / (Path(path).stem + ".py")
+        script, log = Path(tmp) / (Path(path).stem + ".py"), Path(tmp) / "cells.tsv"
         script.write_text(notebook_as_script(path))
-        env = dict(os.environ, COURSE_PROFILE="gpu", MPLBACKEND="Agg",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=limit,
-                              cwd=Path(path).parent, env=env)
-        return {"status": "passed" if done.returncode == 0 else "failed", "mode": "plain python (no Jupyter here)",
-                "error": None if done.returncode == 0 else done.stderr[-600:]}
+        env = dict(env, NOTEBOOK_CELL_LOG=str(log))
+        try:
+            done = subprocess.run([sys.executable, "-c", RUN_AS_NOTEBOOK, str(script)], capture_output=True,
+                                  text=True, timeout=limit, cwd=Path(path).parent, env=env)
+            status, stderr = ("passed" if done.returncode == 0 else "failed"), done.stderr
+        except subprocess.TimeoutExpired as e:
+            status = "cut"
+            stderr = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        cells = cell_seconds(log.read_text() if log.is_file() else "", time.time())  # the clock the script logs by
+    row = {"status": status, "mode": "plain python (no Jupyter here)", "cells": cells}
+    if cells:
+        slowest = max(cells, key=lambda c: c["seconds"])
+        row.update(slowest_cell=f"cell {slowest['cell']}: {slowest['first_line']}",
+                   slowest_cell_seconds=slowest["seconds"])
+    if status == "failed":
+        row["error"] = {"cell": cells[-1]["cell"] if cells else None, "line": _last_line(stderr),
+                        "stderr_tail": stderr[-600:]}
+    elif status == "cut":
+        row["reason"] = (f"ran past its {limit} s timeout"
+                         + (f", in cell {cells[-1]['cell']} ({cells[-1]['first_line']})" if cells else ""))
+    return row
 
 
 def notebooks_part(res: Results, budget: Budget, cfg: dict, device: torch.device, tiny: bool) -> None:
-    """Execute the notebooks in the gpu profile, one timeout each: headless Jupyter, else their code as a script."""
+    """Execute the notebooks in a profile (the gpu one by default), ``jobs`` at a time, one timeout each.
+
+    Headless Jupyter where nbclient and ipykernel are installed (unless ``mode`` is "plain"), else each
+    notebook's code as a script with every cell timed. With ``jobs`` > 1 the notebooks share the GPU and
+    the CPU cores (split between them), so each time is an upper bound on what it takes alone.
+    """
     part = res.part("notebooks")
-    jupyter = all(importlib.util.find_spec(m) is not None for m in ("nbformat", "nbclient", "ipykernel"))
-    if tiny or device.type != "cuda":
+    profile = cfg["notebook_profile"]
+    if tiny or (device.type != "cuda" and profile == "gpu"):
         part["status"] = "skipped"
         part["reason"] = "--tiny does not execute notebooks" if tiny else "the gpu profile needs a CUDA GPU"
         res.save()
         return
-    run = _run_notebook_jupyter if jupyter else _run_notebook_plain
-    for path in sorted(glob.glob(str(ROOT / "notebooks" / "*.ipynb"))):
+    jupyter = all(importlib.util.find_spec(m) is not None for m in ("nbformat", "nbclient", "ipykernel"))
+    run = _run_notebook_jupyter if jupyter and cfg["notebook_mode"] != "plain" else _run_notebook_plain
+    jobs = max(1, cfg["notebook_jobs"])
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = dict(os.environ, COURSE_PROFILE=profile, MPLBACKEND="Agg", OMP_NUM_THREADS=str(threads),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    paths = sorted(glob.glob(str(NOTEBOOK_DIR / "*.ipynb")))
+    if cfg["notebooks"]:
+        paths = [p for p in paths if any(Path(p).name.startswith(prefix) for prefix in cfg["notebooks"])]
+    part.update(profile=profile, jobs=jobs, threads_per_notebook=threads, mode=run.__name__.split("_")[-1],
+                target_seconds=NOTEBOOK_TARGET_SECONDS if profile == "gpu" else None)
+
+    def one(path: str) -> dict:
         name = Path(path).name
-        budget.check(name)
+        if budget.left <= 10:
+            return {"notebook": name, "status": "not run", "reason": "the part's time budget was spent"}
         limit = max(10, min(cfg["notebook_timeout"], int(budget.left)))
         t0 = time.perf_counter()
-        try:
-            row = {"notebook": name, **run(path, limit)}
-        except subprocess.TimeoutExpired:
-            row = {"notebook": name, "status": "cut", "reason": f"ran past its {limit} s timeout"}
+        row = {"notebook": name, **run(path, limit, profile, env)}
         row["seconds"] = time.perf_counter() - t0
-        res.add_row("notebooks", row)
-        print(f"{name}: {row['status']} in {row['seconds']:.0f} s", flush=True)
+        if profile == "gpu":
+            row["verdict"] = "met" if row["status"] == "passed" and row["seconds"] <= NOTEBOOK_TARGET_SECONDS \
+                else "missed"
+        print(f"{name}: {row['status']} in {row['seconds']:.0f} s"
+              + (f" (slowest {row['slowest_cell']}, {row['slowest_cell_seconds']:.0f} s)"
+                 if row.get("slowest_cell") else "")
+              + (f" -- error in cell {row['error']['cell']}: {row['error']['line']}"
+                 if isinstance(row.get("error"), dict) else ""), flush=True)
+        return row
+
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        for row in pool.map(one, paths):  # in the notebooks' order, each saved as it comes
+            res.add_row("notebooks", row)
+    rows = part["rows"]
+    part["target"] = {"target_seconds": NOTEBOOK_TARGET_SECONDS, "notebooks": len(rows),
+                      "passed": sum(r["status"] == "passed" for r in rows),
+                      "slowest": max((r for r in rows if "seconds" in r), key=lambda r: r["seconds"],
+                                     default={}).get("notebook"),
+                      "verdict": "met" if rows and all(r.get("verdict") == "met" for r in rows) else "missed"} \
+        if profile == "gpu" else None
+    res.save()
 
 
 # --------------------------------------------------------------------------- the run
@@ -515,6 +658,9 @@ def run_suite(args: argparse.Namespace) -> Results:
         cfg["max_candidates"] = args.max_candidates
     if args.seconds_per_code:
         cfg["reference_seconds"] = args.seconds_per_code
+    for key in ("notebook_profile", "notebook_mode", "notebook_jobs", "notebook_timeout", "notebooks"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
     device = torch.device(args.device) if args.device else cu.get_device()
     data = {"source": os.environ.get("COURSE_DATA_DIR", str(cu.data.data_root()))}
     if args.data is not None:
@@ -536,13 +682,17 @@ def run_suite(args: argparse.Namespace) -> Results:
         "references": lambda b: references_part(res, b, cfg, device, data, args.out.with_name(BUNDLE_NAME)),
         "notebooks": lambda b: notebooks_part(res, b, cfg, device, args.tiny)}
     carried = 0.0  # seconds a part left unused move on to the next ones
-    for name in PARTS:
+    for name in [p for p in PARTS if p not in args.parts]:
+        res.part(name).update(status="skipped", reason="not asked for (--parts)")
+    res.save()
+    for name in args.parts:  # in the order asked for
         part = res.part(name)
-        if name not in args.parts:
-            part.update(status="skipped", reason="not asked for (--parts)")
-            res.save()
-            continue
-        own = args.part_budget_s if args.part_budget_s is not None else args.budget_s * SHARES[name] + carried
+        if name in args.part_seconds:
+            own = args.part_seconds[name] + carried
+        elif args.part_budget_s is not None:
+            own = args.part_budget_s
+        else:
+            own = args.budget_s * SHARES[name] + carried
         seconds = min(own, args.budget_s - (time.perf_counter() - t0))
         budget = Budget(seconds)
         part.update(status="running", budget_s=round(seconds, 1))
@@ -606,8 +756,21 @@ def summary(doc: dict) -> str:
                        f"{t['slowest_seconds']:.1f} s; {t['models_measured']} models, all {len(CODES)} code sizes: "
                        f"{'yes' if t['verdict'] == 'met' else 'see rows'})")
     nbs = doc["parts"]["notebooks"]
+    if nbs["rows"]:
+        out += ["", f"Notebooks, {nbs.get('profile')} profile, {nbs.get('jobs')} at a time:",
+                _common.md_table([{"notebook": r["notebook"], "status": r["status"],
+                                   "seconds": fmt(r.get("seconds"), ".0f"),
+                                   "slowest cell": r.get("slowest_cell") or "",
+                                   "its seconds": fmt(r.get("slowest_cell_seconds"), ".0f"),
+                                   "first error": (f"cell {r['error']['cell']}: {r['error']['line']}"
+                                                   if isinstance(r.get("error"), dict) else r.get("error") or
+                                                   r.get("reason") or "")}
+                                  for r in nbs["rows"]])]
+        if nbs.get("target"):
+            t = nbs["target"]
+            out.append(f"Every notebook passed in <= {t['target_seconds']:g} s: {t['verdict']} "
+                       f"({t['passed']} of {t['notebooks']} passed; slowest {t['slowest']})")
     out.append("")
-    out += [f"{r['notebook']}: {r['status']} ({r['seconds']:.0f} s)" for r in nbs["rows"]]
     out += [f"{p}: {doc['parts'][p]['status']}" + (f" ({doc['parts'][p]['reason']})" if doc["parts"][p].get("reason")
                                                    else "") for p in PARTS]
     return "\n".join(out)
@@ -628,7 +791,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=480.0,
                         help="seconds for the whole suite, shared by the parts")
     parser.add_argument("--part-budget-s", type=float, help="the same budget for every part instead (for tests)")
-    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
+                        help="the parts to run, in this order (default: %(default)s)")
+    parser.add_argument("--part-seconds", nargs="+", default=[], metavar="PART=SECONDS",
+                        help="a part's own budget instead of its share of --budget-s (unused seconds move on)")
     parser.add_argument("--device", help="cuda, cpu, ... (default: the best here)")
     parser.add_argument("--candidates", nargs="+", choices=sorted(CANDIDATES),
                         help=f"references: the architectures to try at each code size (default: {', '.join(GPU_CANDIDATES)})")
@@ -638,10 +804,27 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"references: training seconds per code size, shared by its candidates "
                              f"(default {GPU_SECONDS_PER_CODE:g})")
     parser.add_argument("--reference-batch", type=int, help=f"references: the batch size (default {GPU_RECIPE['batch_size']})")
+    parser.add_argument("--notebook-profile", choices=("smoke", "laptop", "gpu"),
+                        help="notebooks: the course profile they run in (default gpu; others to check the part on a CPU)")
+    parser.add_argument("--notebook-mode", choices=("auto", "plain"),
+                        help="notebooks: plain runs each as a Python script with its cells timed even where Jupyter "
+                             "is installed (auto: Jupyter if there)")
+    parser.add_argument("--notebook-jobs", type=int, help="notebooks: how many run at once (default 1)")
+    parser.add_argument("--notebook-timeout", type=int, help="notebooks: seconds each may run (default 300)")
+    parser.add_argument("--notebooks", nargs="+", metavar="PREFIX", help="notebooks: only those named so (e.g. 01 11)")
+    parser.add_argument("--with-notebook-data", action="store_true",
+                        help="with --prepare-carry: also the whole CIFAR-10 test split and Fashion-MNIST")
     args = parser.parse_args(argv)
     args.argv = argv
+    try:
+        args.part_seconds = {k: float(v) for k, v in (item.split("=", 1) for item in args.part_seconds)}
+    except ValueError:
+        parser.error("--part-seconds takes PART=SECONDS, e.g. notebooks=330")
+    if set(args.part_seconds) - set(PARTS):
+        parser.error(f"--part-seconds: unknown part(s) {sorted(set(args.part_seconds) - set(PARTS))}")
     if args.prepare_carry is not None:
-        files = prepare_carry(args.source or cu.data.data_root(), args.prepare_carry, args.part_images)
+        files = prepare_carry(args.source or cu.data.data_root(), args.prepare_carry, args.part_images,
+                              notebooks=args.with_notebook_data)
         for path in files:
             print(f"{path}  {path.stat().st_size / 2**20:.1f} MiB")
         return 0

@@ -346,6 +346,19 @@ def test_a_spent_budget_still_writes_the_whole_file(carry, tmp_path):
     assert all("budget" in parts[p]["reason"] for p in ("ladder", "memory", "references"))
 
 
+def test_parts_run_in_the_order_asked_with_their_own_seconds(carry, tmp_path):
+    out = tmp_path / "gpu_suite.json"
+    done = run_suite("--tiny", "--data", str(carry), "--work", str(tmp_path / "w"), "--out", str(out),
+                     "--parts", "memory", "references", "--part-seconds", "memory=0", "references=0")
+    assert done.returncode == 0, done.stderr[-2000:]
+    parts = json.loads(out.read_text())["parts"]
+    assert {p: parts[p]["status"] for p in parts} == {"references": "cut", "ladder": "skipped", "memory": "cut",
+                                                      "notebooks": "skipped"}
+    assert done.stdout.index("== memory") < done.stdout.index("== references")
+    bad = run_suite("--tiny", "--part-seconds", "notebook=60", "--out", str(out))
+    assert bad.returncode == 2 and "unknown part(s) ['notebook']" in bad.stderr
+
+
 def test_a_notebook_runs_as_a_plain_script_where_jupyter_is_missing(suite, tmp_path):
     """The GPU machine has no Jupyter: a notebook's code cells run as one script, magics disabled, display printed."""
     nb = nbformat.v4.new_notebook()
@@ -363,6 +376,99 @@ def test_a_notebook_runs_as_a_plain_script_where_jupyter_is_missing(suite, tmp_p
                           env=dict(os.environ, MPLBACKEND="Agg"))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "42"
+
+
+def write_notebook(path: Path, *sources: str) -> Path:
+    """Write a notebook of a markdown cell then one code cell per source; return its path."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# a title"), *map(nbformat.v4.new_code_cell, sources)]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_a_plain_run_times_every_cell_and_names_the_cell_that_failed(suite, tmp_path):
+    path = write_notebook(tmp_path / "nb.ipynb", "import time\ntime.sleep(0.3)", "x = 1",
+                          "# a comment first\nraise ValueError('no such image: cat.png')", "print('never')")
+    row = suite._run_notebook_plain(str(path), 60, "smoke", dict(os.environ))
+    assert row["status"] == "failed" and row["error"]["line"] == "ValueError: no such image: cat.png"
+    assert row["error"]["cell"] == 3  # the notebook's cell index (the markdown cell is 0), as Jupyter counts
+    assert [c["cell"] for c in row["cells"]] == [1, 2, 3]  # the cell after the error never started
+    assert row["cells"][0]["seconds"] >= 0.3 and row["slowest_cell"] == "cell 1: import time"
+    assert row["cells"][2]["first_line"] == "# a comment first"
+
+
+def test_processes_a_plain_run_spawns_do_not_run_the_notebook_again(suite, tmp_path):
+    # chapter 10 starts processes with torch.multiprocessing.spawn: as from a Jupyter kernel, they must import
+    # only what they run, not re-execute the notebook's cells (which would spawn again and fail)
+    path = write_notebook(tmp_path / "spawning.ipynb", "import time\nimport torch.multiprocessing as mp",
+                          "mp.spawn(time.sleep, nprocs=2)\nprint('both processes ended')")
+    row = suite._run_notebook_plain(str(path), 120, "smoke", dict(os.environ))
+    assert row["status"] == "passed", row.get("error")
+
+
+def test_a_plain_run_past_its_timeout_is_recorded_as_cut(suite, tmp_path):
+    path = write_notebook(tmp_path / "slow.ipynb", "import time\ntime.sleep(30)")
+    row = suite._run_notebook_plain(str(path), 2, "smoke", dict(os.environ))
+    assert row["status"] == "cut" and row["reason"] == "ran past its 2 s timeout, in cell 1 (import time)"
+    assert row["cells"][-1]["cell"] == 1 and row["cells"][-1]["seconds"] >= 1.5  # timed until it was killed
+
+
+def test_notebooks_run_in_parallel_are_recorded_in_order_with_the_profile_they_ran_in(suite, tmp_path, monkeypatch):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    write_notebook(folder / "01_a.ipynb", "import os\nassert os.environ['COURSE_PROFILE'] == 'smoke'")
+    write_notebook(folder / "02_b.ipynb", "raise RuntimeError('out of memory')")
+    write_notebook(folder / "03_c.ipynb", "print(3)")
+    monkeypatch.setattr(suite, "NOTEBOOK_DIR", folder)
+    res = suite.Results(tmp_path / "out.json", {"parts": {"notebooks": {"status": "running", "rows": []}}})
+    cfg = dict(suite.FULL, notebook_profile="smoke", notebook_mode="plain", notebook_jobs=2, notebooks=("01", "02"))
+    suite.notebooks_part(res, suite.Budget(120), cfg, torch.device("cpu"), tiny=False)
+    part = json.loads((tmp_path / "out.json").read_text())["parts"]["notebooks"]
+    assert [(r["notebook"], r["status"]) for r in part["rows"]] == [("01_a.ipynb", "passed"), ("02_b.ipynb", "failed")]
+    assert part["profile"] == "smoke" and part["jobs"] == 2 and part["target"] is None  # no 3-minute target on a CPU
+    assert part["rows"][1]["error"]["line"] == "RuntimeError: out of memory"
+
+
+def test_the_gpu_profile_is_not_run_without_a_gpu(suite, tmp_path):
+    res = suite.Results(tmp_path / "out.json", {"parts": {"notebooks": {"status": "running", "rows": []}}})
+    suite.notebooks_part(res, suite.Budget(60), dict(suite.FULL), torch.device("cpu"), tiny=False)
+    assert res.part("notebooks") == {"status": "skipped", "rows": [], "reason": "the gpu profile needs a CUDA GPU"}
+
+
+def test_notebook_data_is_carried_whole_and_joined_where_the_course_reads_it(suite, source, tmp_path):
+    if cu.data.local_copy("fashion-mnist", "test") is None:
+        pytest.skip("needs Fashion-MNIST (apt-get install dataset-fashion-mnist)")
+    root = tmp_path / "root"
+    shutil.copytree(source, root)
+    fashion = cu.load_dataset("fashion-mnist", "test").subset(64)  # a pack in the source root is read first
+    cu.write_pack(cu.data.pack_path("fashion-mnist", "test", root), fashion.images.permute(0, 2, 3, 1).numpy(),
+                  fashion.labels.numpy(), fashion.classes)
+    carry = tmp_path / "carry"
+    written = suite.prepare_carry(root, carry, part_images=200, check_images=100, notebooks=True)
+    assert {p.relative_to(carry).as_posix() for p in written} >= {"cifar10/test-all.npz", "fashion-mnist/test.npz",
+                                                                  "fashion-mnist/train.npz"}
+    info = suite.join_carry(carry, tmp_path / "work")
+    assert info["test_images"] == 150 and info["fashion_mnist_splits"] == ["train", "test"]
+    whole = cu.read_pack(tmp_path / "work" / "cifar10" / "test.npz")
+    source_test = cu.read_pack(cu.data.pack_path("cifar10", "test", source))
+    assert torch.equal(whole.images, source_test.images)
+    # the references' check images are the same ones whether the subset or the whole split was carried
+    assert torch.equal(whole.subset(100).images, source_test.subset(100).images)
+    joined = cu.read_pack(tmp_path / "work" / "fashion-mnist" / "test.npz")
+    assert torch.equal(joined.images, fashion.images) and joined.classes == fashion.classes
+    assert len(cu.read_pack(tmp_path / "work" / "fashion-mnist" / "train.npz")) == 60_000  # Debian's copy
+
+
+def test_a_damaged_carried_pack_is_refused(suite, tmp_path):
+    data = cu.ImageData(torch.zeros(4, 1, 28, 28, dtype=torch.uint8), torch.arange(4), ["a", "b", "c", "d"])
+    path = suite._write_carried_pack(tmp_path / "p.npz", data)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["images"] = arrays["images"].copy()
+    arrays["images"][1, 2, 3, 0] = 7
+    np.savez_compressed(path, **arrays)
+    with pytest.raises(cu.CorruptPackError, match="p.npz"):
+        suite._read_carried_pack(path)
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)
