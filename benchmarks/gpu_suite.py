@@ -3,20 +3,28 @@
 Stored runs (an H200, 2026-11-30): benchmarks/results/gpu_suite*.json; benchmarks/README.md, "GPU suite", says what they measured.
 
     # here, once (CIFAR-10 from $COURSE_DATA_DIR, written as git-ignored parts under carry/):
-    python benchmarks/gpu_suite.py --prepare-carry carry
+    python benchmarks/gpu_suite.py --prepare-carry carry [--with-notebook-data]
     # on the GPU machine (its own python3 with torch; the repository is the working directory):
     PYTHONPATH=. PYTHONUNBUFFERED=1 python3 benchmarks/gpu_suite.py --data carry --out "$OUT/gpu_suite.json"
     # on the CPU, in seconds, to check the suite itself (its numbers mean nothing):
     python benchmarks/gpu_suite.py --tiny --out /tmp/gpu_suite.json
+    # on the CPU, the notebooks part as the GPU machine runs it (scripts, cells timed), in the smoke profile:
+    python benchmarks/gpu_suite.py --device cpu --parts notebooks --part-seconds notebooks=1500 \
+        --notebook-profile smoke --notebook-mode plain --out /tmp/notebooks.json
 
 What to carry: ``carry/cifar10/test.npz`` (the 1,000 test images the references' manifest
 re-scores as ``check_mse``) and the training split in parts of 12,500 images,
 ``carry/cifar10/train-0.npz`` .. ``train-3.npz`` (about 34 MiB each). One call carries at most
-64 MiB with the working tree (about 14 MiB), so one call holds one part: carry ``train-0.npz``,
+64 MiB with the working tree (about 28 MiB), so one call holds one part: carry ``train-0.npz``,
 ``train-1.npz`` and ``train-2.npz`` in three quick calls (command ``true``; a warm machine keeps
 ignored files between calls) and run the suite in the fourth, carrying ``train-3.npz`` and
 ``test.npz``. With fewer parts there the suite trains on the images it has and says so (the
 references then run the same number of training images as the recipe, over more epochs).
+The notebooks need more (``--with-notebook-data``): CIFAR-10's whole test split
+(``cifar10/test-all.npz``, 27 MiB; the references then take their 1,000 check images from it) and
+Fashion-MNIST (``fashion-mnist/``, 29 MiB), one more call each, and chapter 11's range coder
+``constriction``, which that machine lacks, as a wheel for its Python 3.12 (``carry/wheels``, how to
+fetch it: benchmarks/README.md, "GPU suite").
 
 Parts, each under its own time budget (``--budget-s`` shared out; a part that runs long is cut
 between rows and recorded as such), the JSON rewritten atomically after every row:
@@ -32,10 +40,12 @@ between rows and recorded as such), the JSON rewritten atomically after every ro
   epochs counted from a timed probe; the best on the validation split is kept in ``gpu_references.pt``
   beside ``--out`` (``train_references.py --import-gpu`` adopts it where it beats the shipped reference
   on validation). Seconds per model (target <= 80 s), images/s, validation and check-test MSE.
-* ``notebooks``: with the time left, the notebooks in the gpu profile: through
-  ``benchmarks/run_notebooks.py`` where nbclient and ipykernel are installed, else (as on the GPU
-  machine, which lacks them) each notebook's code cells run as one Python script
-  (``notebook_as_script``: IPython magics become ``pass``, figures go to matplotlib's Agg backend).
+* ``notebooks``: the notebooks in the gpu profile (``--notebook-profile`` for another), ``--notebook-jobs``
+  at a time: through ``benchmarks/run_notebooks.py`` where nbclient and ipykernel are installed, else (as on
+  the GPU machine, which lacks them, or with ``--notebook-mode plain``) each notebook's code cells run as
+  one Python script (``notebook_as_script``: IPython magics become ``pass``, figures go to matplotlib's Agg
+  backend), every cell timed, a failure named by its cell and error line, a run past its timeout by the
+  cell it was in; target in the gpu profile: each notebook passes in at most 3 minutes.
 
 On the CPU the GPU-only rows (fp16 with a scaler, CUDA memory) are recorded as skipped with the reason.
 """
@@ -62,7 +72,7 @@ import torch
 
 import _common
 import course_utils as cu
-from course_utils.chapters._ch05_measurements import fit_tutorial_style, improvement_ladder
+from course_utils.chapters._ch05_measurements import fit_tutorial_style
 from course_utils import pretrained as pt
 from course_utils.chapters import _ch05_measurements as ch05
 from course_utils.files import atomic_write

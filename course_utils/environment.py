@@ -73,10 +73,13 @@ PROFILES: dict[str, Profile] = {
                       compile=False, sweep_share=0.5, images_per_repeat=1024, timing_repeats=5,
                       description="2-core CPU: each notebook in at most 5 minutes",
                       one_class_cifar_classes=10, budget_seconds=45.0),
-    "gpu": Profile("gpu", train_images=None, test_images=None, epochs=30, batch_size=256, sweep_epochs=15,
-                   compile=True, sweep_share=1.0, images_per_repeat=16384, timing_repeats=5,
-                   description="one CUDA GPU: full splits, full-length training",
-                   one_class_cifar_classes=10, budget_seconds=120.0),
+    # Sized (2026-12-07, estimated, not yet measured: benchmarks/README.md, "Sizing the gpu profile") so that each
+    # chapter runs in at most 3 minutes on the lent H200: whole training splits at batch 512, where a step of
+    # these small models costs about what a step of 128 does; 30 epochs would take 88 minutes for the course.
+    "gpu": Profile("gpu", train_images=None, test_images=2_000, epochs=4, batch_size=512, sweep_epochs=4,
+                   compile=False, sweep_share=1.0, images_per_repeat=16384, timing_repeats=3,
+                   description="one CUDA GPU: whole training splits, larger batches, each chapter in minutes",
+                   one_class_cifar_classes=10, budget_seconds=45.0),
 }
 
 
@@ -102,9 +105,9 @@ def _warn_gpu_profile_without_gpu() -> None:
     ratio = full_split * gpu.epochs / (laptop.train_images * laptop.epochs)
     warnings.warn(
         f"COURSE_PROFILE=gpu, but this machine has no CUDA GPU. The gpu profile trains on whole splits for "
-        f"{gpu.epochs} epochs: about {ratio:.0f}x the laptop profile's work, i.e. hours per notebook on a CPU "
-        "instead of at most 5 minutes. Set COURSE_PROFILE=laptop (or unset it) unless you mean it.",
-        stacklevel=3)
+        f"{gpu.epochs} epochs: about {ratio:.0f}x the laptop profile's work, i.e. up to about "
+        f"{5 * ratio:.0f} minutes per notebook on a CPU instead of at most 5. Set COURSE_PROFILE=laptop "
+        "(or unset it) unless you mean it.", stacklevel=3)
 
 
 def start_chapter(seed: int = 0) -> tuple[Profile, torch.device]:

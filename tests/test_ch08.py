@@ -337,3 +337,14 @@ def test_stored_notebook_says_which_models_it_used_and_prints_both_tables():
     for name in analysis.REFERENCES.values():  # chapter_model says, for each dataset, which model it used
         assert f"reference {name!r}" in text.lower()
     assert "test accuracy" in text and "precision@10" in text
+
+
+@pytest.mark.parametrize("cores, limited", [(2, True), (16, False)])
+def test_one_thread_holds_the_loops_to_one_thread_only_on_small_machines(monkeypatch, cores, limited):
+    from threadpoolctl import threadpool_info
+
+    monkeypatch.setattr(analysis.os, "cpu_count", lambda: cores)
+    before = [p["num_threads"] for p in threadpool_info()]
+    with analysis.one_thread():
+        inside = [p["num_threads"] for p in threadpool_info()]
+    assert inside == ([1] * len(before) if limited else before)

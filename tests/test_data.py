@@ -285,7 +285,8 @@ def test_load_dataset_takes_the_profiles_share_of_each_split(isolated_root, fash
     assert len(cu.load_dataset("fashion-mnist", "test", profile=train_sized)) == 512  # a test split: test size
     small = cu.load_dataset("fashion-mnist", "test", profile=smoke, image_size=14)
     assert small.images.shape == (512, 1, 14, 14)
-    assert len(cu.load_dataset("fashion-mnist", "test", profile=cu.PROFILES["gpu"])) == 10_000  # all of it
+    assert len(cu.load_dataset("fashion-mnist", "train", profile=cu.PROFILES["gpu"])) == 60_000  # all of it
+    assert len(cu.load_dataset("fashion-mnist", "test", profile=cu.PROFILES["gpu"])) == 2_000  # the laptop's share
 
 
 def test_validation_split_is_fixed_disjoint_and_documented(fashion_test):

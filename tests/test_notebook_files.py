@@ -137,3 +137,15 @@ def test_the_reading_check_catches_a_wall_of_text_and_a_wide_table():
     problems = reading_problems(json.loads(nbformat.writes(nb)))
     assert [p.split(":")[0] for p in problems] == ["cell 0", "cell 2"]
     assert "301 words" in problems[0] and "151 characters" in problems[1]
+
+
+SIZE_ARITHMETIC = re.compile(r"profile\.(train|test)_images\s*(//|[-+*/%])|(//|[-+*/%])\s*profile\.(train|test)_images")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_notebook_computes_with_a_size_the_gpu_profile_leaves_open(path):
+    # The gpu profile takes whole training splits: its train_images is None, and `None // 6` stops a GPU learner's
+    # chapter (09 did). Sizes are asked for with profile.take(n) or guarded with `(profile.train_images or n)`.
+    offending = [line.strip() for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"
+                 for line in cell.source.splitlines() if SIZE_ARITHMETIC.search(line)]
+    assert not offending, offending

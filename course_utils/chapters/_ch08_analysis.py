@@ -7,6 +7,8 @@ writes a chapter's saved cells into its one ``chNN_*.py`` module.
 """
 from __future__ import annotations
 
+import os
+
 import time
 from collections.abc import Mapping, Sequence
 
@@ -30,16 +32,20 @@ PROBE_C = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 TSNE_POINTS = 2_000  # t-SNE maps at most this many test images (its cost grows faster than linearly)
 
 
+MANY_CORES = 8  # from this many cores on, the parallel loops pay for themselves
+
+
 def one_thread():
-    """Return a context in which scikit-learn's OpenMP and BLAS loops run on one thread.
+    """Return a context in which scikit-learn's OpenMP and BLAS loops run on one thread (below MANY_CORES cores).
 
     t-SNE and the probes' small solver steps run many short parallel loops; on a 2-core machine that
     is busy with anything else the threads wait for each other, and one thread is many times faster
-    (t-SNE of 80 points: seconds instead of minutes on this course's CI machine).
+    (t-SNE of 80 points: seconds instead of minutes on this course's CI machine). A machine with many
+    cores (a GPU server) keeps its threads.
     """
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(limits=1)
+    return threadpool_limits(limits=1 if (os.cpu_count() or 1) < MANY_CORES else None)
 
 
 # --------------------------------------------------------------------------- the chapter's models
