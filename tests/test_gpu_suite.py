@@ -490,6 +490,20 @@ def test_every_candidate_builds_and_the_file_limit_decides_which_run(suite):
     assert "flat, width 32" not in refs.gpu_candidates((3, 32, 32), 384)  # 6.4 MB in float16: over the limit
 
 
+def test_a_code_size_where_no_candidate_fits_the_file_limit_is_skipped_with_the_reason(carry, tmp_path):
+    out = tmp_path / "gpu_suite.json"
+    done = run_suite("--tiny", "--data", str(carry), "--work", str(tmp_path / "w"), "--out", str(out),
+                     "--parts", "references", "--candidates", "flat, width 32, 2 convs, GELU + flips")
+    assert done.returncode == 0, done.stderr[-2000:]
+    part = json.loads(out.read_text())["parts"]["references"]
+    assert part["status"] == "done"
+    skipped = [r for r in part["rows"] if r["status"] == "skipped"]
+    assert [r["code_size"] for r in skipped] == [384] and "5 MB file limit at 384 values" in skipped[0]["reason"]
+    assert {r["code_size"] for r in part["rows"] if r["status"] == "measured"} == {64, 128, 256}
+    assert part["target"]["verdict"] == "missed"  # not every code size ran
+    assert "cifar10-384: skipped (no candidate of" in done.stdout
+
+
 def test_a_flips_candidate_is_the_same_model_trained_on_mirrored_halves(suite):
     refs = references(suite)
     label = "flat, width 48" + refs.FLIPS
