@@ -149,10 +149,10 @@ def test_start_chapter_seeds_prints_and_returns_profile_and_device(monkeypatch, 
 
 def test_profiles_hold_the_chapter_knobs():
     sizes = {name: (p.sweep_share, p.images_per_repeat, p.timing_repeats) for name, p in cu.PROFILES.items()}
-    assert sizes == {"smoke": (0.5, 256, 1), "laptop": (0.5, 1024, 5), "gpu": (1.0, 16384, 5)}
+    assert sizes == {"smoke": (0.5, 256, 1), "laptop": (0.5, 1024, 5), "gpu": (1.0, 16384, 3)}
     assert all(p.name == name for name, p in cu.PROFILES.items())
     knobs = {name: (p.one_class_cifar_classes, p.budget_seconds) for name, p in cu.PROFILES.items()}
-    assert knobs == {"smoke": (2, 3.0), "laptop": (10, 45.0), "gpu": (10, 120.0)}  # chapters 07 and 09
+    assert knobs == {"smoke": (2, 3.0), "laptop": (10, 45.0), "gpu": (10, 45.0)}  # chapters 07 and 09
 
 
 def test_seed_everything_repeats_random_draws():
