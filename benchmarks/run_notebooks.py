@@ -3,6 +3,7 @@
     python benchmarks/run_notebooks.py --profile smoke                 # time every notebook
     python benchmarks/run_notebooks.py --profile laptop --write notebooks/01_*.ipynb   # store outputs
     python benchmarks/run_notebooks.py --normalize                     # re-store without running
+    python benchmarks/run_notebooks.py --profile gpu --small-data 3000  # the gpu profile's code paths, on a CPU
 
 ``--write`` saves the executed notebook in place (how the committed outputs are made), in the
 form JupyterLab itself saves (so opening and autosaving a notebook changes nothing) and with each
@@ -17,6 +18,7 @@ import html
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -113,6 +115,28 @@ def run(path: Path, profile: str, write: bool, timeout: int) -> dict:
             "error": error}
 
 
+SMALL_DATASETS = ("cifar10", "fashion-mnist")
+
+
+def write_small_data(dest: Path, train_images: int) -> list[Path]:
+    """Write small packs of the course's datasets under ``dest``: ``train_images`` of each training split, a third
+    as many test images, the same random images every time; return the files.
+
+    A profile that takes whole splits (gpu) then runs its own code paths (open sizes, its batch and epochs) on a
+    CPU in minutes: a check that the chapters run in it, not a measurement (never stored).
+    """
+    sys.path.insert(0, str(ROOT))
+    import course_utils as cu
+
+    written = []
+    for name in SMALL_DATASETS:
+        for split, n in (("train", train_images), ("test", max(1, train_images // 3))):
+            data = cu.load_dataset(name, split).subset(n)
+            written.append(cu.write_pack(cu.data.pack_path(name, split, dest), data.images.permute(0, 2, 3, 1).numpy(),
+                                         data.labels.numpy(), data.classes, info={"small": f"subset({n}) of {split}"}))
+    return written
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", help="notebooks to run (default: notebooks/*.ipynb)")
@@ -122,13 +146,23 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the records to this JSON file")
     parser.add_argument("--normalize", action="store_true",
                         help="only re-store the notebooks in store_form (no execution)")
+    parser.add_argument("--small-data", type=int, metavar="N",
+                        help="run on small copies of the datasets (N training images each): the gpu profile's code "
+                             "paths on a CPU in minutes; nothing is stored")
     args = parser.parse_args()
+    if args.small_data and args.write:
+        parser.error("--small-data runs are checks, not outputs: leave out --write")
     paths = [Path(p) for p in (args.notebooks or sorted(glob.glob(str(ROOT / "notebooks" / "*.ipynb"))))]
     if args.normalize:
         for path in paths:
             nbformat.write(store_form(nbformat.read(path, as_version=4)), path)
             print(f"stored {path} in JupyterLab's form, progress bars at their final state")
         return 0
+    if args.small_data:
+        small = Path(tempfile.mkdtemp(prefix="course_small_data_"))
+        write_small_data(small, args.small_data)
+        os.environ["COURSE_DATA_DIR"] = str(small)  # the kernels inherit it
+        print(f"small copies of {', '.join(SMALL_DATASETS)} in {small}: {args.small_data} training images each")
     records = []
     print(f"{'notebook':45s} {'seconds':>8s} {'slowest cell':>13s}  cell")
     for path in paths:

@@ -282,3 +282,22 @@ def test_bench_precision_report_computes_its_verdict(tmp_path):
     big.write_text("\n".join(rows[:1] + [row("a", 0, "bf16", 0.0110)]) + "\n")
     out = run_script("bench_precision.py", "--report", str(big)).stdout
     assert "+10.00%" in out and "make float32 the default" in out
+
+
+@needs_cifar
+@needs_fashion
+def test_small_data_is_the_same_real_images_in_every_dataset_the_chapters_read(tmp_path):
+    script = load_script("benchmarks/run_notebooks.py")
+    files = script.write_small_data(tmp_path, 120)
+    assert {f.relative_to(tmp_path).as_posix() for f in files} == {
+        f"{name}/{split}.npz" for name in script.SMALL_DATASETS for split in ("train", "test")}
+    for name in script.SMALL_DATASETS:
+        for split, n in (("train", 120), ("test", 40)):
+            small = cu.read_pack(cu.data.pack_path(name, split, tmp_path))
+            whole = cu.load_dataset(name, split).subset(n)
+            assert torch.equal(small.images, whole.images) and small.classes == whole.classes
+
+
+def test_small_data_runs_are_never_stored():
+    done = run_script("run_notebooks.py", "--small-data", "100", "--write", "notebooks/01_x.ipynb")
+    assert done.returncode == 2 and "leave out --write" in done.stderr
