@@ -125,8 +125,7 @@ def write_small_data(dest: Path, train_images: int) -> list[Path]:
     A profile that takes whole splits (gpu) then runs its own code paths (open sizes, its batch and epochs) on a
     CPU in minutes: a check that the chapters run in it, not a measurement (never stored).
     """
-    sys.path.insert(0, str(ROOT))
-    import course_utils as cu
+    import course_utils as cu  # here, not at the top: the other modes need no torch
 
     written = []
     for name in SMALL_DATASETS:
