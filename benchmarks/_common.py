@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import platform
 import re
+import shlex
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -224,3 +225,8 @@ def publish(args: argparse.Namespace, title: str, body: str) -> None:
     if path is not None:
         write_readme_section(title, body, path)
         print(f"\nwrote the '{title}' section of {path}")
+
+
+def command_line(script: str, argv: list[str]) -> str:
+    """Return the command that ran a benchmark script, quoted so that it can be pasted into a shell."""
+    return "python " + " ".join(shlex.quote(a) for a in [f"benchmarks/{script}", *argv])

@@ -20,7 +20,6 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
 
 import course_utils as cu
 from _common import machine_line, write_readme_section

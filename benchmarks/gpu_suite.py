@@ -59,7 +59,6 @@ import glob
 import importlib.util
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -684,7 +683,7 @@ def run_suite(args: argparse.Namespace) -> Results:
         os.environ["COURSE_DATA_DIR"] = str(work)
     cu.seed_everything(0)
     doc = {"suite": "benchmarks/gpu_suite.py", "tiny": args.tiny,
-           "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/gpu_suite.py", *args.argv]),
+           "command": _common.command_line("gpu_suite.py", args.argv),
            "header": header(device), "data": data, "budget_s": args.budget_s, "settings": cfg,
            "targets": {"speed_ratio": SPEED_TARGET, "seconds_per_model": SECONDS_TARGET},
            "parts": {p: {"status": "pending", "rows": []} for p in PARTS}}

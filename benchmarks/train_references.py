@@ -20,9 +20,9 @@ import argparse
 import datetime as dt
 import functools
 import json
-import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -343,6 +343,17 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-images", type=int, help="train on this many images (to try the script out)")
 
 
+def parse_training_options(parser: argparse.ArgumentParser, report: Callable[[], str]) -> argparse.Namespace | None:
+    """Parse the arguments, set the thread count; with --report print ``report()`` and return None (nothing to train)."""
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.report:
+        print(report())
+        return None
+    return args
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=sorted(REFERENCES),
@@ -360,14 +371,11 @@ def main() -> int:
                              "ones on the validation split (with --suite: its gpu_suite.json)")
     parser.add_argument("--suite", type=Path, default=HERE / "results" / "gpu_suite.json")
     add_training_options(parser)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.report:
-        print(report())
+    args = parse_training_options(parser, report)
+    if args is None:
         return 0
     if args.import_gpu:
-        command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/train_references.py", *sys.argv[1:]])
+        command = _common.command_line("train_references.py", sys.argv[1:])
         import_gpu(args.import_gpu, args.suite, command)
         print(report())
         return 0
@@ -378,7 +386,7 @@ def main() -> int:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         return 0
     names = args.only or [n for n in REFERENCES if n not in pt.pretrained_names()]
-    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/train_references.py", *sys.argv[1:]])
+    command = _common.command_line("train_references.py", sys.argv[1:])
     for name in names:
         spec = dict(REFERENCES[name], **({"epochs": args.epochs} if args.epochs else {}))
         row = train_reference(name, spec, args.work, command, args.train_images, args.replace)

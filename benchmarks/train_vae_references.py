@@ -27,7 +27,6 @@ import copy
 import datetime as dt
 import json
 import math
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -188,11 +187,8 @@ def main() -> int:
     parser.add_argument("--select", nargs="+", choices=sorted(CANDIDATES), help="compare candidates on validation")
     parser.add_argument("--select-epochs", type=int, default=3)
     refs.add_training_options(parser)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.report:
-        print(report())
+    args = refs.parse_training_options(parser, report)
+    if args is None:
         return 0
     if args.select:
         for dataset in args.select:
@@ -200,7 +196,7 @@ def main() -> int:
             with open(SELECTION, "a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
         return 0
-    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/train_vae_references.py", *sys.argv[1:]])
+    command = _common.command_line("train_vae_references.py", sys.argv[1:])
     for name in args.only or [n for n in VAE_REFERENCES if n not in pt.pretrained_names()]:
         spec = dict(VAE_REFERENCES[name], **({"epochs": args.epochs} if args.epochs else {}))
         row = train_reference(name, spec, args.work, command, args.replace, args.train_images)
