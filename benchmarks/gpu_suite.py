@@ -65,6 +65,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -140,23 +141,11 @@ def prepare_carry(source: Path, dest: Path, part_images: int = PART_IMAGES,
                                  info={"subset": f"test.subset({check_images}), seed 0: the manifest's check_mse"}))
     if notebooks:
         written.append(_write_carried_pack(dest / "cifar10" / "test-all.npz", test))
-        for name in ("train", "test"):
-            written.append(_write_carried_pack(dest / "fashion-mnist" / f"{name}.npz", _fashion_mnist(source, name)))
+        with mock.patch.dict(os.environ, COURSE_DATA_DIR=str(source)):  # read as the course reads it: pack, Debian's
+            fashion = {name: cu.load_dataset("fashion-mnist", name, download=False) for name in ("train", "test")}
+        for name, data in fashion.items():
+            written.append(_write_carried_pack(dest / "fashion-mnist" / f"{name}.npz", data))
     return written
-
-
-def _fashion_mnist(source: Path, split_name: str) -> cu.ImageData:
-    """Return a Fashion-MNIST split: the pack under ``source`` if there, else Debian's dataset-fashion-mnist copy."""
-    pack = cu.data.pack_path("fashion-mnist", split_name, source)
-    if pack.is_file():
-        return cu.read_pack(pack)
-    arrays = cu.data._from_system_copy("fashion-mnist", split_name)
-    if arrays is None:
-        raise cu.DataNotFoundError(f"No Fashion-MNIST {split_name} split in {source} nor Debian's copy: "
-                                   "apt-get install dataset-fashion-mnist, or --source a root that has it.")
-    images, labels, classes = arrays
-    return cu.ImageData(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels),
-                        classes, "fashion-mnist", split_name)
 
 
 def _write_carried_pack(path: Path, data: cu.ImageData) -> Path:
@@ -202,11 +191,12 @@ def join_carry(carry: Path, work: Path) -> dict:
     cu.write_pack(work / "cifar10" / "train.npz", joined, np.concatenate(labels), classes, info=info)
     whole = carry / "cifar10" / "test-all.npz"
     if whole.is_file():  # the whole split, for the notebooks; the references take the check subset of it
-        cu.write_pack(work / "cifar10" / "test.npz", *_read_carried_pack(whole))
+        test_images, test_labels, test_classes = _read_carried_pack(whole)
     else:
         test = cu.read_pack(carry / "cifar10" / "test.npz")
-        cu.write_pack(work / "cifar10" / "test.npz", test.images.permute(0, 2, 3, 1).numpy(), test.labels.numpy(),
-                      test.classes)
+        test_images, test_labels, test_classes = (test.images.permute(0, 2, 3, 1).numpy(), test.labels.numpy(),
+                                                  test.classes)
+    cu.write_pack(work / "cifar10" / "test.npz", test_images, test_labels, test_classes)
     fashion = []
     for name in ("train", "test"):
         path = carry / "fashion-mnist" / f"{name}.npz"
@@ -214,7 +204,7 @@ def join_carry(carry: Path, work: Path) -> dict:
             cu.write_pack(work / "fashion-mnist" / f"{name}.npz", *_read_carried_pack(path))
             fashion.append(name)
     return {**info, "train_images": int(joined.shape[0]),
-            "test_images": len(cu.read_pack(work / "cifar10" / "test.npz")),
+            "test_images": len(test_labels),
             "total_train_images": metas[0]["total"], "fashion_mnist_splits": fashion, "carry": str(carry)}
 
 
